@@ -1,0 +1,137 @@
+"""The ops of alexnet_c, with torch.nn.functional's semantics, on NumPy arrays.
+
+Arguments are normalised here (ints or pairs, unbatched inputs, the device);
+dtype conversion, shape checks and the arithmetic happen in C (alexnet_c._C).
+Every op returns a new float32 array and never writes to its inputs.
+"""
+from __future__ import annotations
+
+import operator
+from typing import Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _C
+
+IntOrPair = Union[int, Sequence[int]]
+
+_DEVICES = {"cpu": 0, "cuda": 1, "cuda:0": 1}
+
+
+def device_code(device: str) -> int:
+    try:
+        return _DEVICES[str(device).lower()]
+    except KeyError:
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}") from None
+
+
+def _int(value, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int, got bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
+
+
+def _pair(value: IntOrPair, name: str) -> Tuple[int, int]:
+    if isinstance(value, (tuple, list)):
+        if len(value) == 1:
+            return _int(value[0], name), _int(value[0], name)
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints, got {tuple(value)!r}")
+        return _int(value[0], name), _int(value[1], name)
+    v = _int(value, name)
+    return v, v
+
+
+def _unbatched(x: np.ndarray, op: str) -> bool:
+    """True for a (C, H, W) input, which PyTorch treats as a batch of one."""
+    if x.ndim == 3:
+        return True
+    if x.ndim != 4:
+        raise ValueError(f"{op}: expected a 3-D (C, H, W) or 4-D (N, C, H, W) input, got shape {x.shape}")
+    return False
+
+
+def conv2d(input, weight, bias=None, stride: IntOrPair = 1, padding: Union[IntOrPair, str] = 0,
+           groups: int = 1, *, device: str = "cpu", _naive: bool = False) -> np.ndarray:
+    """2-D convolution: input (N, C, H, W) or (C, H, W), weight (OC, C/groups, KH, KW)."""
+    x, w = np.asarray(input), np.asarray(weight)
+    sh, sw = _pair(stride, "stride")
+    if isinstance(padding, str):
+        if padding == "valid":
+            ph = pw = 0
+        elif padding == "same":
+            if (sh, sw) != (1, 1):
+                raise ValueError("conv2d: padding='same' needs stride 1, got stride "
+                                 f"{(sh, sw)}")
+            if w.ndim != 4 or w.shape[2] % 2 == 0 or w.shape[3] % 2 == 0:
+                raise ValueError(f"conv2d: padding='same' needs odd kernel sizes, got weight shape {w.shape}")
+            ph, pw = (w.shape[2] - 1) // 2, (w.shape[3] - 1) // 2
+        else:
+            raise ValueError(f"conv2d: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+    else:
+        ph, pw = _pair(padding, "padding")
+    single = _unbatched(x, "conv2d")
+    out = _C.conv2d(x[None] if single else x, w, bias, sh, sw, ph, pw, _int(groups, "groups"),
+                    device_code(device), _naive)
+    return out[0] if single else out
+
+
+def relu(input, *, device: str = "cpu") -> np.ndarray:
+    """max(0, x) elementwise; NaN stays NaN."""
+    return _C.relu(input, device_code(device))
+
+
+def max_pool2d(input, kernel_size: IntOrPair, stride: Optional[IntOrPair] = None,
+               padding: IntOrPair = 0, ceil_mode: bool = False, *, device: str = "cpu") -> np.ndarray:
+    """Max pooling; padding counts as -inf and NaN propagates, as in PyTorch."""
+    x = np.asarray(input)
+    kh, kw = _pair(kernel_size, "kernel_size")
+    sh, sw = (kh, kw) if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) \
+        else _pair(stride, "stride")
+    ph, pw = _pair(padding, "padding")
+    single = _unbatched(x, "max_pool2d")
+    out = _C.max_pool2d(x[None] if single else x, kh, kw, sh, sw, ph, pw, bool(ceil_mode), device_code(device))
+    return out[0] if single else out
+
+
+def adaptive_avg_pool2d(input, output_size, *, device: str = "cpu") -> np.ndarray:
+    """Average pooling to a fixed output size (None keeps that input dimension)."""
+    x = np.asarray(input)
+    single = _unbatched(x, "adaptive_avg_pool2d")
+    if isinstance(output_size, (tuple, list)):
+        if len(output_size) != 2:
+            raise ValueError(f"adaptive_avg_pool2d: output_size must be an int or a pair, got {output_size!r}")
+        oh = x.shape[-2] if output_size[0] is None else _int(output_size[0], "output_size")
+        ow = x.shape[-1] if output_size[1] is None else _int(output_size[1], "output_size")
+    else:
+        oh = ow = _int(output_size, "output_size")
+    out = _C.adaptive_avg_pool2d(x[None] if single else x, oh, ow, device_code(device))
+    return out[0] if single else out
+
+
+def linear(input, weight, bias=None, *, device: str = "cpu", _naive: bool = False) -> np.ndarray:
+    """input (..., in_features) @ weight.T + bias; weight (out_features, in_features)."""
+    x, w = np.asarray(input), np.asarray(weight)
+    if x.ndim == 0:
+        raise ValueError("linear: expected input with at least 1 dimension, got a 0-d array")
+    if w.ndim != 2:
+        raise ValueError(f"linear: expected weight of shape (out_features, in_features), got shape {w.shape}")
+    if x.shape[-1] != w.shape[1]:
+        raise ValueError(f"linear: expected input with last dimension {w.shape[1]} (weight shape {w.shape}), "
+                         f"got input of shape {x.shape}")
+    lead = x.shape[:-1]
+    out = _C.linear(x.reshape(-1, x.shape[-1]), w, bias, device_code(device), _naive)
+    return out.reshape(lead + (w.shape[0],))
+
+
+def softmax(input, dim: int = -1, *, device: str = "cpu") -> np.ndarray:
+    """exp(x) / sum(exp(x)) along dim, with the maximum subtracted first."""
+    return _C.softmax(input, _int(dim, "dim"), False, device_code(device))
+
+
+def log_softmax(input, dim: int = -1, *, device: str = "cpu") -> np.ndarray:
+    """x - logsumexp(x) along dim, stable for large inputs."""
+    return _C.softmax(input, _int(dim, "dim"), True, device_code(device))

@@ -1,0 +1,171 @@
+/* alexnet_c.h: every kernel's signature, CPU and CUDA. No Python here.
+ *
+ * Conventions: output first, then inputs, then weights, then sizes. Every array
+ * is float32, C-contiguous, and its shape is given in the comment above the
+ * function. Kernels return an acn_status and never exit, abort or touch Python.
+ */
+#ifndef ALEXNET_C_H
+#define ALEXNET_C_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    ACN_OK = 0,
+    ACN_ENOMEM = 1,      /* host allocation failed */
+    ACN_EINVAL = 2,      /* sizes that the kernel cannot handle */
+    ACN_ECUDA = 3,       /* a CUDA call failed; cuda_last_error() has the text */
+    ACN_ECUDA_OOM = 4,   /* cudaMalloc ran out of device memory */
+    ACN_ENODEV = 5       /* CUDA asked for, but no usable device or driver */
+} acn_status;
+
+/* ---- threads (cpu/threads.c) ------------------------------------------- */
+int acn_get_num_threads(void);
+void acn_set_num_threads(int n);
+/* Called once at import: reads ALEXNET_C_ISA and installs the fork handler. */
+void acn_runtime_init(void);
+/* 1 when ALEXNET_C_ISA named an unknown or unsupported ISA (the best one is used). */
+int acn_isa_env_rejected(void);
+
+/* ---- ISA selection (cpu/cpu_features.c) --------------------------------- */
+typedef enum { ACN_ISA_GENERIC = 0, ACN_ISA_AVX2 = 1, ACN_ISA_AVX512 = 2 } acn_isa;
+acn_isa acn_best_isa(void);          /* what this CPU supports */
+acn_isa acn_active_isa(void);        /* what the kernels use now */
+int acn_set_isa(acn_isa isa);        /* ACN_EINVAL if the CPU lacks it */
+const char *acn_isa_name(acn_isa isa);
+
+/* ---- GEMM (cpu/gemm.c) --------------------------------------------------
+ * C (M,N) row-major with leading dimension ldc.
+ * A (M,K): element (i,k) at A[i*rsa + k*csa]  (any strides: lets callers pass
+ * a transposed or strided view without copying).
+ * B (K,N): element (k,j) at B[k*rsb + j*csb].
+ * bias: NULL, or (M) when bias_mode == ACN_BIAS_ROW, or (N) when ACN_BIAS_COL.
+ * relu: apply max(0, x) (NaN kept) after the bias.
+ */
+enum { ACN_BIAS_NONE = 0, ACN_BIAS_ROW = 1, ACN_BIAS_COL = 2 };
+int sgemm_cpu(float *C, ptrdiff_t ldc,
+              const float *A, ptrdiff_t rsa, ptrdiff_t csa,
+              const float *B, ptrdiff_t rsb, ptrdiff_t csb,
+              int M, int N, int K, const float *bias, int bias_mode, int relu);
+/* Plain triple loop, the reference for sgemm_cpu. Same arguments. */
+int sgemm_naive(float *C, ptrdiff_t ldc,
+                const float *A, ptrdiff_t rsa, ptrdiff_t csa,
+                const float *B, ptrdiff_t rsb, ptrdiff_t csb,
+                int M, int N, int K, const float *bias, int bias_mode, int relu);
+
+/* ---- convolution (cpu/conv2d.c) -----------------------------------------
+ * out (N,OC,OH,OW), inp (N,C,H,W), weight (OC,C/groups,KH,KW), bias (OC) or NULL.
+ * OH = (H + 2*PH - KH)/SH + 1, OW likewise; the caller checks OH, OW >= 1.
+ * work: conv2d_workspace_floats(...) floats, or NULL for the kernel to allocate.
+ */
+size_t conv2d_workspace_floats(int C, int H, int W, int OC, int KH, int KW,
+                               int SH, int SW, int PH, int PW, int groups);
+int conv2d_forward_cpu(float *out, const float *inp, const float *weight, const float *bias,
+                       int N, int C, int H, int W, int OC, int KH, int KW,
+                       int SH, int SW, int PH, int PW, int groups, int relu, float *work);
+/* Direct 7-deep loop, the reference for conv2d_forward_cpu. */
+int conv2d_forward_naive(float *out, const float *inp, const float *weight, const float *bias,
+                         int N, int C, int H, int W, int OC, int KH, int KW,
+                         int SH, int SW, int PH, int PW, int groups, int relu, float *work);
+
+/* ---- pooling (cpu/pool.c) -----------------------------------------------
+ * out (N*C,OH,OW), inp (N*C,H,W). Padding counts as -inf; NaN propagates.
+ * OH, OW are computed by the caller (PyTorch's ceil_mode rule lives there).
+ */
+int max_pool2d_forward_cpu(float *out, const float *inp, int NC, int H, int W,
+                           int KH, int KW, int SH, int SW, int PH, int PW, int OH, int OW);
+/* out (N*C,OH,OW), inp (N*C,H,W); window [floor(i*H/OH), ceil((i+1)*H/OH)). */
+int adaptive_avg_pool2d_forward_cpu(float *out, const float *inp, int NC, int H, int W,
+                                    int OH, int OW);
+
+/* ---- linear (cpu/linear.c) ----------------------------------------------
+ * out (N,Out), inp (N,In), weight (Out,In), bias (Out) or NULL.
+ */
+int linear_forward_cpu(float *out, const float *inp, const float *weight, const float *bias,
+                       int N, int In, int Out, int relu);
+int linear_forward_naive(float *out, const float *inp, const float *weight, const float *bias,
+                         int N, int In, int Out, int relu);
+
+/* ---- activations (cpu/activation.c) -------------------------------------
+ * relu: out (n), inp (n); out may equal inp.
+ * softmax / log_softmax: inp viewed as (outer, D, inner), reduced over D.
+ */
+int relu_forward_cpu(float *out, const float *inp, size_t n);
+int softmax_forward_cpu(float *out, const float *inp, size_t outer, size_t D, size_t inner);
+int log_softmax_forward_cpu(float *out, const float *inp, size_t outer, size_t D, size_t inner);
+
+/* ---- whole network (cpu/net.c) ------------------------------------------
+ * weights: 16 pointers, in state-dict order
+ *   conv1.w conv1.b conv2.w conv2.b conv3.w conv3.b conv4.w conv4.b conv5.w conv5.b
+ *   fc1.w fc1.b fc2.w fc2.b fc3.w fc3.b
+ * with the shapes of acn_variant_spec(). The net does not copy or own them:
+ * they must outlive it (module.c keeps the arrays alive).
+ */
+enum { ACN_VARIANT_TORCHVISION = 0, ACN_VARIANT_ORIGINAL = 1 };
+enum { ACN_NUM_CONV = 5, ACN_NUM_FC = 3, ACN_NUM_WEIGHTS = 16 };
+
+typedef struct {
+    int in_c, out_c, k, stride, pad;
+    int pool_after;            /* max-pool 3x3 stride 2 after the ReLU */
+} acn_conv_spec;
+
+typedef struct {
+    acn_conv_spec conv[ACN_NUM_CONV];
+    int avgpool;               /* AdaptiveAvgPool2d((6, 6)) before the classifier */
+    int log_softmax;           /* log_softmax over the logits */
+    int fc_in, fc_hidden;      /* 9216, 4096 */
+} acn_variant_spec;
+
+const acn_variant_spec *acn_variant(int variant);   /* NULL when unknown */
+
+/* Spatial size after the features (before any avg-pool); < 1 when too small. */
+void net_feature_size(int variant, int H, int W, int *FH, int *FW);
+
+typedef struct acn_net acn_net;
+acn_net *net_create_cpu(int variant, int num_classes, const float *const weights[ACN_NUM_WEIGHTS],
+                        int *status);
+void net_destroy_cpu(acn_net *net);
+/* Floats of activation memory that a forward of this size needs. */
+size_t net_arena_floats(const acn_net *net, int N, int H, int W);
+/* out (N,num_classes), inp (N,3,H,W). Thread-safe: concurrent calls on one
+ * net are allowed (a busy arena makes the second call use its own). */
+int net_forward_cpu(acn_net *net, float *out, const float *inp, int N, int H, int W);
+
+/* ---- CUDA (the .cu files in cuda/), present when built with ALEXNET_C_WITH_CUDA -------
+ * The *_host_cuda functions take host pointers with the CPU kernel's arguments:
+ * they copy in, run the CUDA kernel, copy out. Errors: cuda_last_error().
+ */
+#ifdef ALEXNET_C_WITH_CUDA
+int cuda_available(char *why, size_t why_len);   /* 1 usable, 0 not (why says) */
+const char *cuda_last_error(void);               /* thread-local text */
+int conv2d_host_cuda(float *out, const float *inp, const float *weight, const float *bias,
+                     int N, int C, int H, int W, int OC, int KH, int KW,
+                     int SH, int SW, int PH, int PW, int groups, int relu);
+int max_pool2d_host_cuda(float *out, const float *inp, int NC, int H, int W,
+                         int KH, int KW, int SH, int SW, int PH, int PW, int OH, int OW);
+int adaptive_avg_pool2d_host_cuda(float *out, const float *inp, int NC, int H, int W,
+                                  int OH, int OW);
+int linear_host_cuda(float *out, const float *inp, const float *weight, const float *bias,
+                     int N, int In, int Out, int relu);
+int relu_host_cuda(float *out, const float *inp, size_t n);
+int softmax_host_cuda(float *out, const float *inp, size_t outer, size_t D, size_t inner);
+int log_softmax_host_cuda(float *out, const float *inp, size_t outer, size_t D, size_t inner);
+
+typedef struct acn_cuda_net acn_cuda_net;
+/* Uploads the weights once; they may be freed on the host afterwards. */
+acn_cuda_net *net_create_cuda(int variant, int num_classes,
+                              const float *const weights[ACN_NUM_WEIGHTS], int *status);
+void net_destroy_cuda(acn_cuda_net *net);
+/* out_host (N,num_classes), inp_host (N,3,H,W): copy in, all layers on the GPU, copy out. */
+int net_forward_cuda(acn_cuda_net *net, float *out_host, const float *inp_host,
+                     int N, int H, int W);
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,25 @@
+/* Portable micro-kernel: plain C that any compiler vectorises for its baseline
+ * (SSE2 on x86-64, NEON on aarch64). Correct everywhere; the fallback path. */
+#include "cpu_internal.h"
+
+enum { MR = 4, NR = 16 };
+
+static void ukernel_generic(int kc, const float *a, const float *b, float *c, ptrdiff_t ldc, int accumulate)
+{
+    float acc[MR][NR] = {{0}};
+    for (int k = 0; k < kc; k++) {
+        const float *bk = b + (size_t)k * NR;
+        for (int i = 0; i < MR; i++) {
+            const float ai = a[(size_t)k * MR + i];
+            for (int j = 0; j < NR; j++)
+                acc[i][j] += ai * bk[j];
+        }
+    }
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++)
+            c[(ptrdiff_t)i * ldc + j] = accumulate ? c[(ptrdiff_t)i * ldc + j] + acc[i][j] : acc[i][j];
+}
+
+static const acn_ukernel generic_kernel = {MR, NR, ukernel_generic};
+
+const acn_ukernel *acn_ukernel_generic(void) { return &generic_kernel; }

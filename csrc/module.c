@@ -1,0 +1,880 @@
+/* alexnet_c._C: the only file that sees Python.h and NumPy.
+ *
+ * It turns arguments into float32 C-contiguous arrays (copying only when it
+ * must, never writing to an input), checks shapes with messages that name the
+ * expected and the actual shape, allocates outputs, releases the GIL around
+ * every kernel, and turns status codes into exceptions.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <numpy/arrayobject.h>
+
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "alexnet_c.h"
+
+enum { DEV_CPU = 0, DEV_CUDA = 1 };
+
+static PyObject *CudaOutOfMemoryError;
+
+/* ---- argument and error helpers --------------------------------------- */
+
+/* New reference to a float32, aligned, C-contiguous view or copy of obj;
+ * NULL with TypeError when obj is not a real-valued array-like. */
+static PyArrayObject *as_float32(PyObject *obj, const char *op, const char *name)
+{
+    PyArrayObject *any = (PyArrayObject *)PyArray_FromAny(obj, NULL, 0, 0, 0, NULL);
+    if (any == NULL) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s: %s must be a real-valued array, got %.100s",
+                     op, name, Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    const char kind = PyArray_DESCR(any)->kind;
+    if (kind != 'b' && kind != 'i' && kind != 'u' && kind != 'f') {
+        PyErr_Format(PyExc_TypeError, "%s: %s must be a real-valued array (bool, int or float), got dtype %R",
+                     op, name, (PyObject *)PyArray_DESCR(any));
+        Py_DECREF(any);
+        return NULL;
+    }
+    PyArrayObject *f = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)any, NPY_FLOAT32,
+                                                         NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED |
+                                                             NPY_ARRAY_FORCECAST);
+    Py_DECREF(any);
+    return f;
+}
+
+static PyObject *shape_tuple(PyArrayObject *a)
+{
+    const int nd = PyArray_NDIM(a);
+    PyObject *t = PyTuple_New(nd);
+    for (int i = 0; t && i < nd; i++)
+        PyTuple_SET_ITEM(t, i, PyLong_FromSsize_t(PyArray_DIM(a, i)));
+    return t;
+}
+
+/* ValueError "<msg> got <what> of shape (..)". */
+static void shape_error(const char *msg, const char *what, PyArrayObject *a)
+{
+    PyObject *shape = shape_tuple(a);
+    if (shape == NULL)
+        return;
+    PyErr_Format(PyExc_ValueError, "%s, got %s of shape %R", msg, what, shape);
+    Py_DECREF(shape);
+}
+
+static int require_ndim(PyArrayObject *a, int nd, const char *op, const char *name, const char *layout)
+{
+    if (PyArray_NDIM(a) == nd)
+        return 0;
+    char msg[200];
+    snprintf(msg, sizeof msg, "%s: expected %s to be %d-D %s", op, name, nd, layout);
+    shape_error(msg, name, a);
+    return -1;
+}
+
+static int fits_int(npy_intp v) { return v >= 0 && v <= INT_MAX; }
+
+static int dims_fit_int(PyArrayObject *a, const char *op, const char *name)
+{
+    for (int i = 0; i < PyArray_NDIM(a); i++) {
+        if (!fits_int(PyArray_DIM(a, i))) {
+            char msg[160];
+            snprintf(msg, sizeof msg, "%s: every dimension of %s must be below 2**31", op, name);
+            shape_error(msg, name, a);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *raise_status(int st, const char *op)
+{
+    switch (st) {
+    case ACN_ENOMEM:
+        return PyErr_Format(PyExc_MemoryError, "%s: not enough memory for this input", op);
+    case ACN_EINVAL:
+        return PyErr_Format(PyExc_ValueError, "%s: sizes the kernel cannot handle", op);
+#ifdef ALEXNET_C_WITH_CUDA
+    case ACN_ECUDA_OOM:
+        return PyErr_Format(CudaOutOfMemoryError, "%s: CUDA out of memory: %s", op, cuda_last_error());
+    case ACN_ECUDA:
+        return PyErr_Format(PyExc_RuntimeError, "%s: CUDA error: %s", op, cuda_last_error());
+#endif
+    case ACN_ENODEV:
+        return PyErr_Format(PyExc_RuntimeError, "%s: no usable CUDA device", op);
+    default:
+        return PyErr_Format(PyExc_RuntimeError, "%s: kernel failed with status %d", op, st);
+    }
+}
+
+/* 0 when `device` can run now; else -1 with RuntimeError saying why. */
+static int check_device(int device, const char *op)
+{
+    if (device == DEV_CPU)
+        return 0;
+    if (device != DEV_CUDA) {
+        PyErr_Format(PyExc_ValueError, "%s: unknown device code %d", op, device);
+        return -1;
+    }
+#ifdef ALEXNET_C_WITH_CUDA
+    char why[256] = "";
+    int ok;
+    Py_BEGIN_ALLOW_THREADS
+    ok = cuda_available(why, sizeof why);
+    Py_END_ALLOW_THREADS
+    if (ok)
+        return 0;
+    PyErr_Format(PyExc_RuntimeError, "%s: CUDA is not available: %s", op, why);
+#else
+    PyErr_Format(PyExc_RuntimeError,
+                 "%s: CUDA is not available: alexnet_c was built without CUDA "
+                 "(nvcc was not found at build time; reinstall with ALEXNET_C_CUDA=1)", op);
+#endif
+    return -1;
+}
+
+static PyArrayObject *new_output(int nd, const npy_intp *dims)
+{
+    return (PyArrayObject *)PyArray_SimpleNew(nd, (npy_intp *)dims, NPY_FLOAT32);
+}
+
+static const float *fdata(PyArrayObject *a) { return a ? (const float *)PyArray_DATA(a) : NULL; }
+
+/* ---- ops ----------------------------------------------------------------- */
+
+static PyObject *py_conv2d(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *x_obj, *w_obj, *b_obj;
+    int SH, SW, PH, PW, groups, device, naive;
+    if (!PyArg_ParseTuple(args, "OOOiiiiiip", &x_obj, &w_obj, &b_obj, &SH, &SW, &PH, &PW, &groups,
+                          &device, &naive))
+        return NULL;
+    const char *op = "conv2d";
+    PyArrayObject *x = NULL, *w = NULL, *b = NULL, *out = NULL;
+    if (!(x = as_float32(x_obj, op, "input")) || !(w = as_float32(w_obj, op, "weight")))
+        goto fail;
+    if (b_obj != Py_None && !(b = as_float32(b_obj, op, "bias")))
+        goto fail;
+    if (require_ndim(x, 4, op, "input", "(N, C, H, W)") || require_ndim(w, 4, op, "weight", "(OC, C/groups, KH, KW)")
+        || dims_fit_int(x, op, "input") || dims_fit_int(w, op, "weight"))
+        goto fail;
+    if (SH < 1 || SW < 1 || PH < 0 || PW < 0 || groups < 1) {
+        PyErr_Format(PyExc_ValueError, "conv2d: expected stride >= 1, padding >= 0 and groups >= 1, "
+                     "got stride (%d, %d), padding (%d, %d), groups %d", SH, SW, PH, PW, groups);
+        goto fail;
+    }
+    const int N = (int)PyArray_DIM(x, 0), C = (int)PyArray_DIM(x, 1), H = (int)PyArray_DIM(x, 2),
+              W = (int)PyArray_DIM(x, 3);
+    const int OC = (int)PyArray_DIM(w, 0), Cg = (int)PyArray_DIM(w, 1), KH = (int)PyArray_DIM(w, 2),
+              KW = (int)PyArray_DIM(w, 3);
+    if (OC < 1 || Cg < 1 || KH < 1 || KW < 1 || OC % groups) {
+        char msg[200];
+        snprintf(msg, sizeof msg, "conv2d: expected a non-empty weight (OC, C/groups, KH, KW) with OC "
+                 "divisible by groups=%d", groups);
+        shape_error(msg, "weight", w);
+        goto fail;
+    }
+    if ((long long)Cg * groups != C) {
+        PyObject *ws = shape_tuple(w), *xs = shape_tuple(x);
+        if (ws && xs)
+            PyErr_Format(PyExc_ValueError, "conv2d: expected input with %lld channels (weight shape %R, "
+                         "groups=%d), got input of shape %R", (long long)Cg * groups, ws, groups, xs);
+        Py_XDECREF(ws);
+        Py_XDECREF(xs);
+        goto fail;
+    }
+    if (b && (PyArray_NDIM(b) != 1 || PyArray_DIM(b, 0) != OC)) {
+        char msg[120];
+        snprintf(msg, sizeof msg, "conv2d: expected bias of shape (%d,)", OC);
+        shape_error(msg, "bias", b);
+        goto fail;
+    }
+    if ((long long)H + 2LL * PH < KH || (long long)W + 2LL * PW < KW) {
+        char msg[240];
+        snprintf(msg, sizeof msg, "conv2d: kernel (%d, %d) is larger than the padded input (%lld, %lld)",
+                 KH, KW, (long long)H + 2LL * PH, (long long)W + 2LL * PW);
+        shape_error(msg, "input", x);
+        goto fail;
+    }
+    if ((long long)H + 2LL * PH > INT_MAX || (long long)W + 2LL * PW > INT_MAX) {
+        PyErr_SetString(PyExc_ValueError, "conv2d: padded input must stay below 2**31");
+        goto fail;
+    }
+    const int OH = (H + 2 * PH - KH) / SH + 1, OW = (W + 2 * PW - KW) / SW + 1;
+    const npy_intp dims[4] = {N, OC, OH, OW};
+    if (!(out = new_output(4, dims)) || check_device(device, op))
+        goto fail;
+    if (PyArray_SIZE(out) > 0) {
+        int st;
+        Py_BEGIN_ALLOW_THREADS
+#ifdef ALEXNET_C_WITH_CUDA
+        if (device == DEV_CUDA)
+            st = conv2d_host_cuda((float *)PyArray_DATA(out), fdata(x), fdata(w), fdata(b), N, C, H, W, OC,
+                                  KH, KW, SH, SW, PH, PW, groups, 0);
+        else
+#endif
+            st = (naive ? conv2d_forward_naive : conv2d_forward_cpu)(
+                (float *)PyArray_DATA(out), fdata(x), fdata(w), fdata(b), N, C, H, W, OC, KH, KW, SH, SW, PH,
+                PW, groups, 0, NULL);
+        Py_END_ALLOW_THREADS
+        if (st != ACN_OK) {
+            raise_status(st, op);
+            goto fail;
+        }
+    }
+    Py_DECREF(x);
+    Py_DECREF(w);
+    Py_XDECREF(b);
+    return (PyObject *)out;
+fail:
+    Py_XDECREF(x);
+    Py_XDECREF(w);
+    Py_XDECREF(b);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+static PyObject *py_relu(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *x_obj;
+    int device;
+    if (!PyArg_ParseTuple(args, "Oi", &x_obj, &device))
+        return NULL;
+    PyArrayObject *x = as_float32(x_obj, "relu", "input"), *out = NULL;
+    if (x == NULL || check_device(device, "relu"))
+        goto fail;
+    if (!(out = new_output(PyArray_NDIM(x), PyArray_DIMS(x))))
+        goto fail;
+    const size_t n = (size_t)PyArray_SIZE(x);
+    int st = ACN_OK;
+    if (n > 0) {
+        Py_BEGIN_ALLOW_THREADS
+#ifdef ALEXNET_C_WITH_CUDA
+        if (device == DEV_CUDA)
+            st = relu_host_cuda((float *)PyArray_DATA(out), fdata(x), n);
+        else
+#endif
+            st = relu_forward_cpu((float *)PyArray_DATA(out), fdata(x), n);
+        Py_END_ALLOW_THREADS
+    }
+    if (st != ACN_OK) {
+        raise_status(st, "relu");
+        goto fail;
+    }
+    Py_DECREF(x);
+    return (PyObject *)out;
+fail:
+    Py_XDECREF(x);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+static long long floor_div(long long a, long long b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+/* PyTorch's pooling output size, ceil_mode's last window must start inside
+ * the input or the left padding. */
+static long long pool_out_size(long long in, int k, int s, int p, int ceil_mode)
+{
+    long long out = floor_div(in + 2LL * p - (k - 1) - 1 + (ceil_mode ? s - 1 : 0), s) + 1;
+    if (ceil_mode && (out - 1) * s >= in + p)
+        out--;
+    return out;
+}
+
+static PyObject *py_max_pool2d(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *x_obj;
+    int KH, KW, SH, SW, PH, PW, ceil_mode, device;
+    if (!PyArg_ParseTuple(args, "Oiiiiiipi", &x_obj, &KH, &KW, &SH, &SW, &PH, &PW, &ceil_mode, &device))
+        return NULL;
+    const char *op = "max_pool2d";
+    PyArrayObject *x = as_float32(x_obj, op, "input"), *out = NULL;
+    if (x == NULL || require_ndim(x, 4, op, "input", "(N, C, H, W)") || dims_fit_int(x, op, "input"))
+        goto fail;
+    if (KH < 1 || KW < 1 || SH < 1 || SW < 1 || PH < 0 || PW < 0) {
+        PyErr_Format(PyExc_ValueError, "max_pool2d: expected kernel_size >= 1, stride >= 1 and padding >= 0, "
+                     "got kernel_size (%d, %d), stride (%d, %d), padding (%d, %d)", KH, KW, SH, SW, PH, PW);
+        goto fail;
+    }
+    if (PH > KH / 2 || PW > KW / 2) {
+        PyErr_Format(PyExc_ValueError, "max_pool2d: padding must be at most half the kernel size, "
+                     "got padding (%d, %d) for kernel_size (%d, %d)", PH, PW, KH, KW);
+        goto fail;
+    }
+    const int N = (int)PyArray_DIM(x, 0), C = (int)PyArray_DIM(x, 1), H = (int)PyArray_DIM(x, 2),
+              W = (int)PyArray_DIM(x, 3);
+    const long long OH = pool_out_size(H, KH, SH, PH, ceil_mode), OW = pool_out_size(W, KW, SW, PW, ceil_mode);
+    if (OH < 1 || OW < 1) {
+        char msg[240];
+        snprintf(msg, sizeof msg, "max_pool2d: output size would be (%lld, %lld), expected at least (1, 1): "
+                 "the window (%d, %d) is larger than the padded input (%lld, %lld)",
+                 OH, OW, KH, KW, (long long)H + 2LL * PH, (long long)W + 2LL * PW);
+        shape_error(msg, "input", x);
+        goto fail;
+    }
+    const npy_intp dims[4] = {N, C, (npy_intp)OH, (npy_intp)OW};
+    if (!(out = new_output(4, dims)) || check_device(device, op))
+        goto fail;
+    int st = ACN_OK;
+    if (PyArray_SIZE(out) > 0) {
+        Py_BEGIN_ALLOW_THREADS
+#ifdef ALEXNET_C_WITH_CUDA
+        if (device == DEV_CUDA)
+            st = max_pool2d_host_cuda((float *)PyArray_DATA(out), fdata(x), N * C, H, W, KH, KW, SH, SW, PH, PW,
+                                      (int)OH, (int)OW);
+        else
+#endif
+            st = max_pool2d_forward_cpu((float *)PyArray_DATA(out), fdata(x), N * C, H, W, KH, KW, SH, SW, PH,
+                                        PW, (int)OH, (int)OW);
+        Py_END_ALLOW_THREADS
+    }
+    if (st != ACN_OK) {
+        raise_status(st, op);
+        goto fail;
+    }
+    Py_DECREF(x);
+    return (PyObject *)out;
+fail:
+    Py_XDECREF(x);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+static PyObject *py_adaptive_avg_pool2d(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *x_obj;
+    int OH, OW, device;
+    if (!PyArg_ParseTuple(args, "Oiii", &x_obj, &OH, &OW, &device))
+        return NULL;
+    const char *op = "adaptive_avg_pool2d";
+    PyArrayObject *x = as_float32(x_obj, op, "input"), *out = NULL;
+    if (x == NULL || require_ndim(x, 4, op, "input", "(N, C, H, W)") || dims_fit_int(x, op, "input"))
+        goto fail;
+    if (OH < 1 || OW < 1) {
+        PyErr_Format(PyExc_ValueError, "adaptive_avg_pool2d: expected output_size >= (1, 1), got (%d, %d)", OH, OW);
+        goto fail;
+    }
+    const int N = (int)PyArray_DIM(x, 0), C = (int)PyArray_DIM(x, 1), H = (int)PyArray_DIM(x, 2),
+              W = (int)PyArray_DIM(x, 3);
+    if (H < 1 || W < 1) {
+        shape_error("adaptive_avg_pool2d: expected input with non-empty H and W", "input", x);
+        goto fail;
+    }
+    const npy_intp dims[4] = {N, C, OH, OW};
+    if (!(out = new_output(4, dims)) || check_device(device, op))
+        goto fail;
+    int st = ACN_OK;
+    if (PyArray_SIZE(out) > 0) {
+        Py_BEGIN_ALLOW_THREADS
+#ifdef ALEXNET_C_WITH_CUDA
+        if (device == DEV_CUDA)
+            st = adaptive_avg_pool2d_host_cuda((float *)PyArray_DATA(out), fdata(x), N * C, H, W, OH, OW);
+        else
+#endif
+            st = adaptive_avg_pool2d_forward_cpu((float *)PyArray_DATA(out), fdata(x), N * C, H, W, OH, OW);
+        Py_END_ALLOW_THREADS
+    }
+    if (st != ACN_OK) {
+        raise_status(st, op);
+        goto fail;
+    }
+    Py_DECREF(x);
+    return (PyObject *)out;
+fail:
+    Py_XDECREF(x);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+static PyObject *py_linear(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *x_obj, *w_obj, *b_obj;
+    int device, naive;
+    if (!PyArg_ParseTuple(args, "OOOip", &x_obj, &w_obj, &b_obj, &device, &naive))
+        return NULL;
+    const char *op = "linear";
+    PyArrayObject *x = NULL, *w = NULL, *b = NULL, *out = NULL;
+    if (!(x = as_float32(x_obj, op, "input")) || !(w = as_float32(w_obj, op, "weight")))
+        goto fail;
+    if (b_obj != Py_None && !(b = as_float32(b_obj, op, "bias")))
+        goto fail;
+    if (require_ndim(x, 2, op, "input", "(N, in_features)") || require_ndim(w, 2, op, "weight", "(out_features, in_features)")
+        || dims_fit_int(x, op, "input") || dims_fit_int(w, op, "weight"))
+        goto fail;
+    const int N = (int)PyArray_DIM(x, 0), In = (int)PyArray_DIM(x, 1), O = (int)PyArray_DIM(w, 0);
+    if (PyArray_DIM(w, 1) != In) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "linear: expected input with last dimension %lld (weight shape (%d, %lld))",
+                 (long long)PyArray_DIM(w, 1), O, (long long)PyArray_DIM(w, 1));
+        shape_error(msg, "input", x);
+        goto fail;
+    }
+    if (b && (PyArray_NDIM(b) != 1 || PyArray_DIM(b, 0) != O)) {
+        char msg[120];
+        snprintf(msg, sizeof msg, "linear: expected bias of shape (%d,)", O);
+        shape_error(msg, "bias", b);
+        goto fail;
+    }
+    const npy_intp dims[2] = {N, O};
+    if (!(out = new_output(2, dims)) || check_device(device, op))
+        goto fail;
+    int st = ACN_OK;
+    if (PyArray_SIZE(out) > 0) {
+        Py_BEGIN_ALLOW_THREADS
+#ifdef ALEXNET_C_WITH_CUDA
+        if (device == DEV_CUDA)
+            st = linear_host_cuda((float *)PyArray_DATA(out), fdata(x), fdata(w), fdata(b), N, In, O, 0);
+        else
+#endif
+            st = (naive ? linear_forward_naive : linear_forward_cpu)((float *)PyArray_DATA(out), fdata(x), fdata(w),
+                                                                     fdata(b), N, In, O, 0);
+        Py_END_ALLOW_THREADS
+    }
+    if (st != ACN_OK) {
+        raise_status(st, op);
+        goto fail;
+    }
+    Py_DECREF(x);
+    Py_DECREF(w);
+    Py_XDECREF(b);
+    return (PyObject *)out;
+fail:
+    Py_XDECREF(x);
+    Py_XDECREF(w);
+    Py_XDECREF(b);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+static PyObject *py_softmax(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *x_obj;
+    int dim, log_form, device;
+    if (!PyArg_ParseTuple(args, "Oipi", &x_obj, &dim, &log_form, &device))
+        return NULL;
+    const char *op = log_form ? "log_softmax" : "softmax";
+    PyArrayObject *x = as_float32(x_obj, op, "input"), *out = NULL;
+    if (x == NULL)
+        goto fail;
+    const int nd = PyArray_NDIM(x), span = nd > 0 ? nd : 1;
+    if (dim < -span || dim >= span) {
+        PyErr_Format(PyExc_IndexError, "%s: dim %d out of range for a %d-D input (expected %d..%d)",
+                     op, dim, nd, -span, span - 1);
+        goto fail;
+    }
+    if (dim < 0)
+        dim += span;
+    size_t outer = 1, D = 1, inner = 1;
+    for (int i = 0; i < nd; i++) {
+        const size_t d = (size_t)PyArray_DIM(x, i);
+        if (i < dim) outer *= d;
+        else if (i == dim) D = d;
+        else inner *= d;
+    }
+    if (!(out = new_output(nd, PyArray_DIMS(x))) || check_device(device, op))
+        goto fail;
+    int st = ACN_OK;
+    if (PyArray_SIZE(out) > 0) {
+        Py_BEGIN_ALLOW_THREADS
+#ifdef ALEXNET_C_WITH_CUDA
+        if (device == DEV_CUDA)
+            st = (log_form ? log_softmax_host_cuda : softmax_host_cuda)((float *)PyArray_DATA(out), fdata(x),
+                                                                       outer, D, inner);
+        else
+#endif
+            st = (log_form ? log_softmax_forward_cpu : softmax_forward_cpu)((float *)PyArray_DATA(out), fdata(x),
+                                                                           outer, D, inner);
+        Py_END_ALLOW_THREADS
+    }
+    if (st != ACN_OK) {
+        raise_status(st, op);
+        goto fail;
+    }
+    Py_DECREF(x);
+    return (PyObject *)out;
+fail:
+    Py_XDECREF(x);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+/* ---- the Net type: a whole AlexNet held by C --------------------------- */
+
+typedef struct {
+    PyObject_HEAD
+    acn_net *cpu;
+#ifdef ALEXNET_C_WITH_CUDA
+    acn_cuda_net *cuda;
+#endif
+    int variant, num_classes, device;
+    PyObject *weights;   /* tuple of the 16 float32 arrays the C net points into */
+} NetObject;
+
+static void expected_weight_shape(const acn_variant_spec *s, int num_classes, int i, npy_intp *dims, int *nd)
+{
+    if (i < 2 * ACN_NUM_CONV) {
+        const acn_conv_spec *c = &s->conv[i / 2];
+        if (i % 2 == 0) {
+            dims[0] = c->out_c; dims[1] = c->in_c; dims[2] = c->k; dims[3] = c->k;
+            *nd = 4;
+        } else {
+            dims[0] = c->out_c;
+            *nd = 1;
+        }
+        return;
+    }
+    const int l = (i - 2 * ACN_NUM_CONV) / 2;
+    const int in = l == 0 ? s->fc_in : s->fc_hidden, outf = l == 2 ? num_classes : s->fc_hidden;
+    if (i % 2 == 0) {
+        dims[0] = outf; dims[1] = in;
+        *nd = 2;
+    } else {
+        dims[0] = outf;
+        *nd = 1;
+    }
+}
+
+static int Net_init(NetObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"variant", "num_classes", "weights", NULL};
+    int variant, num_classes;
+    PyObject *seq;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "iiO", kwlist, &variant, &num_classes, &seq))
+        return -1;
+    if (self->cpu) {
+        PyErr_SetString(PyExc_RuntimeError, "Net is already initialised");
+        return -1;
+    }
+    const acn_variant_spec *s = acn_variant(variant);
+    if (s == NULL || num_classes < 1) {
+        PyErr_Format(PyExc_ValueError, "Net: unknown variant %d or num_classes %d < 1", variant, num_classes);
+        return -1;
+    }
+    PyObject *tuple = PySequence_Tuple(seq);
+    if (tuple == NULL)
+        return -1;
+    if (PyTuple_GET_SIZE(tuple) != ACN_NUM_WEIGHTS) {
+        PyErr_Format(PyExc_ValueError, "Net: expected %d weight arrays, got %zd", ACN_NUM_WEIGHTS,
+                     PyTuple_GET_SIZE(tuple));
+        Py_DECREF(tuple);
+        return -1;
+    }
+    const float *ptrs[ACN_NUM_WEIGHTS];
+    for (int i = 0; i < ACN_NUM_WEIGHTS; i++) {
+        PyObject *o = PyTuple_GET_ITEM(tuple, i);
+        npy_intp dims[4];
+        int nd;
+        expected_weight_shape(s, num_classes, i, dims, &nd);
+        /* The net keeps pointers into these arrays: they must be float32,
+         * C-contiguous and aligned already; no silent copy that could die. */
+        if (!PyArray_Check(o) || PyArray_TYPE((PyArrayObject *)o) != NPY_FLOAT32
+            || !PyArray_ISCARRAY_RO((PyArrayObject *)o) || !PyArray_ISNOTSWAPPED((PyArrayObject *)o)
+            || PyArray_NDIM((PyArrayObject *)o) != nd
+            || memcmp(PyArray_DIMS((PyArrayObject *)o), dims, (size_t)nd * sizeof(npy_intp)) != 0) {
+            PyErr_Format(PyExc_ValueError, "Net: weight %d must be a float32 C-contiguous array of the "
+                         "layer's shape", i);
+            Py_DECREF(tuple);
+            return -1;
+        }
+        ptrs[i] = (const float *)PyArray_DATA((PyArrayObject *)o);
+    }
+    int st;
+    self->cpu = net_create_cpu(variant, num_classes, ptrs, &st);
+    if (self->cpu == NULL) {
+        Py_DECREF(tuple);
+        raise_status(st, "Net");
+        return -1;
+    }
+    self->variant = variant;
+    self->num_classes = num_classes;
+    self->device = DEV_CPU;
+    self->weights = tuple;
+    return 0;
+}
+
+static void Net_dealloc(NetObject *self)
+{
+    net_destroy_cpu(self->cpu);
+#ifdef ALEXNET_C_WITH_CUDA
+    if (self->cuda)
+        net_destroy_cuda(self->cuda);
+#endif
+    Py_XDECREF(self->weights);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int net_ready(NetObject *self)
+{
+    if (self->cpu)
+        return 0;
+    PyErr_SetString(PyExc_RuntimeError, "Net was not initialised");
+    return -1;
+}
+
+static PyObject *Net_forward(NetObject *self, PyObject *x_obj)
+{
+    if (net_ready(self))
+        return NULL;
+    const char *op = "AlexNet";
+    PyArrayObject *x = as_float32(x_obj, op, "input"), *out = NULL;
+    if (x == NULL)
+        return NULL;
+    if (PyArray_NDIM(x) == 3) {   /* unbatched (3, H, W) */
+        npy_intp d4[4] = {1, PyArray_DIM(x, 0), PyArray_DIM(x, 1), PyArray_DIM(x, 2)};
+        PyArray_Dims newshape = {d4, 4};
+        PyArrayObject *r = (PyArrayObject *)PyArray_Newshape(x, &newshape, NPY_CORDER);
+        Py_DECREF(x);
+        if ((x = r) == NULL)
+            return NULL;
+    }
+    if (PyArray_NDIM(x) != 4 || PyArray_DIM(x, 1) != 3) {
+        shape_error("AlexNet: expected input of shape (N, 3, H, W) or (3, H, W)", "input", x);
+        goto fail;
+    }
+    if (dims_fit_int(x, op, "input"))
+        goto fail;
+    const int N = (int)PyArray_DIM(x, 0), H = (int)PyArray_DIM(x, 2), W = (int)PyArray_DIM(x, 3);
+    int FH, FW;
+    net_feature_size(self->variant, H, W, &FH, &FW);
+    if (self->variant == ACN_VARIANT_ORIGINAL && (FH != 6 || FW != 6)) {
+        shape_error("original AlexNet: expected 227x227 input, (N, 3, 227, 227) (any size from 227 to 230 "
+                    "gives its 6x6 last feature map)", "input", x);
+        goto fail;
+    }
+    if (FH < 1 || FW < 1) {
+        shape_error("torchvision AlexNet: expected input of at least 63x63, (N, 3, H, W) with H, W >= 63",
+                    "input", x);
+        goto fail;
+    }
+    const npy_intp dims[2] = {N, self->num_classes};
+    if (!(out = new_output(2, dims)))
+        goto fail;
+    if (N > 0) {
+        int st;
+#ifdef ALEXNET_C_WITH_CUDA
+        if (self->device == DEV_CUDA) {
+            Py_BEGIN_ALLOW_THREADS
+            st = net_forward_cuda(self->cuda, (float *)PyArray_DATA(out), fdata(x), N, H, W);
+            Py_END_ALLOW_THREADS
+        } else
+#endif
+        {
+            Py_BEGIN_ALLOW_THREADS
+            st = net_forward_cpu(self->cpu, (float *)PyArray_DATA(out), fdata(x), N, H, W);
+            Py_END_ALLOW_THREADS
+        }
+        if (st != ACN_OK) {
+            raise_status(st, op);
+            goto fail;
+        }
+    }
+    Py_DECREF(x);
+    return (PyObject *)out;
+fail:
+    Py_XDECREF(x);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+static PyObject *Net_to_device(NetObject *self, PyObject *arg)
+{
+    if (net_ready(self))
+        return NULL;
+    const long device = PyLong_AsLong(arg);
+    if (device == -1 && PyErr_Occurred())
+        return NULL;
+    if (check_device((int)device, "AlexNet.to"))
+        return NULL;
+#ifdef ALEXNET_C_WITH_CUDA
+    if (device == DEV_CUDA && self->cuda == NULL) {
+        const float *ptrs[ACN_NUM_WEIGHTS];
+        for (int i = 0; i < ACN_NUM_WEIGHTS; i++)
+            ptrs[i] = fdata((PyArrayObject *)PyTuple_GET_ITEM(self->weights, i));
+        int st = ACN_OK;
+        acn_cuda_net *net;
+        Py_BEGIN_ALLOW_THREADS
+        net = net_create_cuda(self->variant, self->num_classes, ptrs, &st);
+        Py_END_ALLOW_THREADS
+        if (net == NULL)
+            return raise_status(st == ACN_OK ? ACN_ECUDA : st, "AlexNet.to");
+        self->cuda = net;
+    } else if (device == DEV_CPU && self->cuda) {
+        net_destroy_cuda(self->cuda);
+        self->cuda = NULL;
+    }
+#endif
+    self->device = (int)device;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Net_get_weights(NetObject *self, void *closure)
+{
+    (void)closure;
+    if (net_ready(self))
+        return NULL;
+    Py_INCREF(self->weights);
+    return self->weights;
+}
+
+static PyObject *Net_get_device(NetObject *self, void *closure)
+{
+    (void)closure;
+    return PyLong_FromLong(self->device);
+}
+
+static PyObject *Net_arena_bytes(NetObject *self, PyObject *args)
+{
+    int N, H, W;
+    if (net_ready(self) || !PyArg_ParseTuple(args, "iii", &N, &H, &W))
+        return NULL;
+    const size_t floats = net_arena_floats(self->cpu, N, H, W);
+    return PyLong_FromSize_t(floats == SIZE_MAX ? SIZE_MAX : floats * sizeof(float));
+}
+
+static PyMethodDef Net_methods[] = {
+    {"forward", (PyCFunction)Net_forward, METH_O, "forward(x) -> (N, num_classes) float32"},
+    {"to_device", (PyCFunction)Net_to_device, METH_O, "to_device(0 cpu | 1 cuda)"},
+    {"arena_bytes", (PyCFunction)Net_arena_bytes, METH_VARARGS, "activation memory for (N, H, W)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Net_getset[] = {
+    {"weights", (getter)Net_get_weights, NULL, "the 16 weight arrays, in state-dict order", NULL},
+    {"device", (getter)Net_get_device, NULL, "0 cpu, 1 cuda", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject NetType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "alexnet_c._C.Net",
+    .tp_basicsize = sizeof(NetObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Net(variant, num_classes, weights): an AlexNet whose forward pass runs in C.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Net_init,
+    .tp_dealloc = (destructor)Net_dealloc,
+    .tp_methods = Net_methods,
+    .tp_getset = Net_getset,
+};
+
+/* ---- module-level settings -------------------------------------------- */
+
+static PyObject *py_set_num_threads(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    const long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n < 1 || n > 4096)
+        return PyErr_Format(PyExc_ValueError, "set_num_threads: expected 1..4096 threads, got %ld", n);
+    acn_set_num_threads((int)n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_get_num_threads(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    return PyLong_FromLong(acn_get_num_threads());
+}
+
+static PyObject *py_cuda_status(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+#ifdef ALEXNET_C_WITH_CUDA
+    char why[256] = "";
+    int ok;
+    Py_BEGIN_ALLOW_THREADS
+    ok = cuda_available(why, sizeof why);
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("Os", ok ? Py_True : Py_False, ok ? "" : why);
+#else
+    return Py_BuildValue("Os", Py_False, "alexnet_c was built without CUDA (nvcc was not found at build time)");
+#endif
+}
+
+static PyObject *py_get_isa(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    return Py_BuildValue("ss", acn_isa_name(acn_active_isa()), acn_isa_name(acn_best_isa()));
+}
+
+static PyObject *py_set_isa(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (name == NULL)
+        return NULL;
+    for (int isa = ACN_ISA_GENERIC; isa <= ACN_ISA_AVX512; isa++) {
+        if (strcmp(name, acn_isa_name((acn_isa)isa)) == 0) {
+            if (acn_set_isa((acn_isa)isa) != ACN_OK)
+                return PyErr_Format(PyExc_ValueError, "set_isa: this CPU does not support %s (best: %s)", name,
+                                    acn_isa_name(acn_best_isa()));
+            Py_RETURN_NONE;
+        }
+    }
+    return PyErr_Format(PyExc_ValueError, "set_isa: expected 'generic', 'avx2' or 'avx512', got %R", arg);
+}
+
+static PyMethodDef module_methods[] = {
+    {"conv2d", py_conv2d, METH_VARARGS, "conv2d(x, w, b, sh, sw, ph, pw, groups, device, naive)"},
+    {"relu", py_relu, METH_VARARGS, "relu(x, device)"},
+    {"max_pool2d", py_max_pool2d, METH_VARARGS, "max_pool2d(x, kh, kw, sh, sw, ph, pw, ceil_mode, device)"},
+    {"adaptive_avg_pool2d", py_adaptive_avg_pool2d, METH_VARARGS, "adaptive_avg_pool2d(x, oh, ow, device)"},
+    {"linear", py_linear, METH_VARARGS, "linear(x, w, b, device, naive)"},
+    {"softmax", py_softmax, METH_VARARGS, "softmax(x, dim, log, device)"},
+    {"set_num_threads", py_set_num_threads, METH_O, "set_num_threads(n)"},
+    {"get_num_threads", py_get_num_threads, METH_NOARGS, "get_num_threads()"},
+    {"cuda_status", py_cuda_status, METH_NOARGS, "cuda_status() -> (available, reason)"},
+    {"get_isa", py_get_isa, METH_NOARGS, "get_isa() -> (active, best)"},
+    {"set_isa", py_set_isa, METH_O, "set_isa('generic' | 'avx2' | 'avx512')"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "_C", "alexnet_c's C kernels", -1, module_methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__C(void)
+{
+    import_array();
+    acn_runtime_init();
+    if (PyType_Ready(&NetType) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module_def);
+    if (m == NULL)
+        return NULL;
+    PyObject *bases = PyTuple_Pack(2, PyExc_MemoryError, PyExc_RuntimeError);
+    CudaOutOfMemoryError = bases ? PyErr_NewException("alexnet_c.CudaOutOfMemoryError", bases, NULL) : NULL;
+    Py_XDECREF(bases);
+    Py_INCREF(&NetType);
+    if (CudaOutOfMemoryError == NULL || PyModule_AddObject(m, "Net", (PyObject *)&NetType) < 0
+        || PyModule_AddObject(m, "CudaOutOfMemoryError", CudaOutOfMemoryError) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(CudaOutOfMemoryError);   /* the module took one reference; raise_status uses ours */
+#ifdef ALEXNET_C_WITH_CUDA
+    PyModule_AddIntConstant(m, "WITH_CUDA", 1);
+#else
+    PyModule_AddIntConstant(m, "WITH_CUDA", 0);
+#endif
+    if (acn_isa_env_rejected()
+        && PyErr_WarnFormat(PyExc_RuntimeWarning, 1, "ALEXNET_C_ISA=%s is unknown or not supported by this CPU; "
+                            "using %s", getenv("ALEXNET_C_ISA"), acn_isa_name(acn_active_isa())) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
