@@ -65,17 +65,21 @@ class BuildExtWithCuda(build_ext):
             for a in archs:
                 gencode += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
             gencode += ["-gencode", f"arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
-            out_dir = os.path.join(self.build_temp, "cuda")
+            out_dir = os.path.join(self.build_temp, "cuda-sm" + "-".join(archs))
             os.makedirs(out_dir, exist_ok=True)
             objects = []
+            headers = glob.glob(os.path.join("csrc", "cuda", "*.cuh")) + ["csrc/alexnet_c.h"]
             for src in cu_sources:
                 obj = os.path.join(out_dir, os.path.basename(src) + ".o")
+                objects.append(obj)
+                newest_input = max(os.path.getmtime(f) for f in [src, __file__] + headers)
+                if os.path.exists(obj) and os.path.getmtime(obj) >= newest_input and not self.force:
+                    continue   # up to date: nvcc is slow, skip it on rebuilds
                 cmd = [nvcc, "-c", src, "-o", obj, "-O3", "-std=c++17", "-Icsrc",
                        "-Xcompiler", "-fPIC", "-Xcompiler", "-Wall",
                        "--expt-relaxed-constexpr", "-DALEXNET_C_WITH_CUDA"] + gencode
                 print(" ".join(cmd), flush=True)
                 subprocess.run(cmd, check=True)
-                objects.append(obj)
             lib_dirs = [d for d in (os.path.join(cuda_root, "lib64"),
                                     os.path.join(cuda_root, "lib"),
                                     os.path.join(cuda_root, "targets", "x86_64-linux", "lib"))

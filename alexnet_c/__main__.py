@@ -1,0 +1,260 @@
+"""The alexnet-c command line (also `python -m alexnet_c`).
+
+    alexnet-c summary [--variant V] [--input 3,224,224] [--num-classes N] [--flops]
+    alexnet-c predict IMAGE_OR_FOLDER_OR_GLOB... [--weights FILE|IMAGENET1K_V1] [--topk 5] [--json]
+    alexnet-c check [--variant V] [--batch N] [--size S]      parity with torchvision (needs torch)
+    alexnet-c bench [...]                                      alexnet_c vs PyTorch timings
+    alexnet-c convert IN OUT                                   .pth <-> .safetensors / .npz
+
+A bad argument or an unusable file prints one line and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import List, Optional, Sequence
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: one line, exit status 2."""
+
+
+def _input_size(text: str):
+    try:
+        dims = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected C,H,W such as 3,224,224, got {text!r}") from None
+    if len(dims) != 3 or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"expected three positive sizes C,H,W, got {text!r}")
+    return dims
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _load_model(weights: str, variant: str, device: str):
+    import alexnet_c as ac
+    if weights.upper() in ("IMAGENET1K_V1", "DEFAULT"):
+        return ac.alexnet(weights=weights.upper(), device=device)
+    if weights.lower() in ("random", "none"):
+        return ac.AlexNet(variant=variant, seed=0, device=device)
+    if not os.path.exists(weights):
+        raise UsageError(f"weights file not found: {weights}")
+    return ac.load(weights, device=device)
+
+
+def cmd_summary(args) -> int:
+    from .summary import default_input_size, summary_string
+    size = args.input or default_input_size(args.variant)
+    text, _ = summary_string(_Layout(args.variant, args.num_classes), size, show_flops=args.flops)
+    print(text, end="" if text.endswith("\n") else "\n")
+    return 0
+
+
+class _Layout:
+    """What summary() reads of a model: no weights are made for a table."""
+
+    def __init__(self, variant: str, num_classes: int) -> None:
+        self.variant, self.num_classes, self.device = variant, num_classes, "cpu"
+
+
+def cmd_predict(args) -> int:
+    from .images import iter_predict
+    for src in args.images:
+        if not (os.path.exists(src) or any(ch in src for ch in "*?[")):
+            raise UsageError(f"image not found: {src}")
+    if args.scheduler or args.out:
+        from . import distributed
+        frame = distributed.predict(args.images if len(args.images) > 1 else args.images[0],
+                                    weights=args.weights, address=args.scheduler, batch_size=args.batch_size,
+                                    topk=args.topk)
+        if args.out:
+            frame.to_parquet(args.out)
+            print(f"wrote {args.out}", file=sys.stderr)
+        else:
+            print(frame.compute().to_string())
+        return 0
+    model = _load_model(args.weights, args.variant, args.device)
+    failures = 0
+    for src in args.images:
+        for path, result in iter_predict(model, src, topk=args.topk, batch_size=args.batch_size,
+                                         progress=not args.json and sys.stderr.isatty()):
+            failed = isinstance(result, Exception)
+            failures += failed
+            if args.json:
+                row = {"path": str(path)}
+                if failed:
+                    row["error"] = f"{type(result).__name__}: {result}"
+                else:
+                    row["predictions"] = [{"category": c, "probability": p} for c, p in result]
+                print(json.dumps(row), flush=True)
+            elif failed:
+                print(f"{path}: error: {type(result).__name__}: {result}")
+            else:
+                print(f"{path}:")
+                for c, p in result:
+                    print(f"  {p:7.2%}  {c}")
+    return 1 if failures else 0
+
+
+def cmd_check(args) -> int:
+    try:
+        import torch
+        import torchvision  # noqa: F401
+    except ImportError:
+        raise UsageError("check needs torch and torchvision: pip install 'alexnet_c[torch]'") from None
+    import numpy as np
+
+    import alexnet_c as ac
+    torch.manual_seed(0)
+    if args.variant == "torchvision":
+        import torchvision
+        ref_model = torchvision.models.alexnet(num_classes=args.num_classes)
+        size = args.size or 224
+    else:
+        ref_model = _original_torch_model(torch, args.num_classes)
+        size = 227
+    with torch.no_grad():
+        for m in ref_model.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    ref_model.eval()
+    x = np.random.default_rng(0).standard_normal((args.batch, 3, size, size)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, f"alexnet_{args.variant}.pth")
+        torch.save(ref_model.state_dict(), path)
+        t0 = time.perf_counter()
+        model = ac.load(path)
+        load_s = time.perf_counter() - t0
+    torch.set_num_threads(ac.get_num_threads())
+    xt = torch.from_numpy(x)
+    with torch.no_grad():
+        model(x), ref_model(xt)   # warm-up
+        t0 = time.perf_counter()
+        ours = model(x)
+        ours_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ref_model(xt)
+        torch_s = time.perf_counter() - t0
+        ref = ref_model.double()(xt.double()).numpy()
+    err = float(np.abs(ours - ref).max() / np.abs(ref).max())
+    top1 = bool((ours.argmax(1) == ref.argmax(1)).all())
+    ok = err <= 1e-4 and top1
+    print(f"alexnet_c {ac.__version__} check: {args.variant} AlexNet, {args.num_classes} classes, "
+          f"input {(args.batch, 3, size, size)}, {ac.get_num_threads()} threads, ISA {ac.cpu_isa()[0]}")
+    print(f"  weights loaded from a torch.save file in {load_s * 1e3:.0f} ms (without torch)")
+    print(f"  max |ours - torch float64| / max |torch| = {err:.2e} (limit 1e-4); top-1 agrees: {top1}")
+    print(f"  forward: alexnet_c {ours_s * 1e3:.1f} ms, PyTorch float32 {torch_s * 1e3:.1f} ms "
+          f"(ratio {ours_s / torch_s:.2f})")
+    print("  PASS" if ok else "  FAIL")
+    return 0 if ok else 1
+
+
+def _original_torch_model(torch, num_classes: int):
+    nn = torch.nn
+
+    class AlexNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(
+                nn.Conv2d(3, 96, 11, stride=4, padding=0), nn.ReLU(), nn.MaxPool2d(3, 2),
+                nn.Conv2d(96, 256, 5, stride=1, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+                nn.Conv2d(256, 384, 3, stride=1, padding=1), nn.ReLU(),
+                nn.Conv2d(384, 384, 3, stride=1, padding=1), nn.ReLU(),
+                nn.Conv2d(384, 256, 3, stride=1, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2))
+            self.classifier = nn.Sequential(
+                nn.Linear(256 * 6 * 6, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(),
+                nn.Linear(4096, num_classes))
+
+        def forward(self, x):
+            return torch.log_softmax(self.classifier(torch.flatten(self.features(x), 1)), dim=1)
+
+    return AlexNet()
+
+
+def cmd_bench(args) -> int:
+    try:
+        from . import bench
+    except ImportError as exc:
+        raise UsageError(f"bench is unavailable: {exc}") from None
+    return bench.main(args.rest) or 0
+
+
+def cmd_convert(args) -> int:
+    from .weights import read_state_dict, write_state_dict
+    if not os.path.exists(args.src):
+        raise UsageError(f"input file not found: {args.src}")
+    write_state_dict(read_state_dict(args.src), args.dst)
+    print(f"wrote {args.dst}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="alexnet-c", description="AlexNet inference in C, from the command line.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    variants = ("torchvision", "original")
+
+    s = sub.add_parser("summary", help="print torchsummary's table for a layout")
+    s.add_argument("--variant", choices=variants, default="torchvision")
+    s.add_argument("--input", type=_input_size, default=None, help="C,H,W (default 3,224,224 or 3,227,227)")
+    s.add_argument("--num-classes", type=_positive, default=1000)
+    s.add_argument("--flops", action="store_true", help="add a multiply-adds column and the total GFLOPs")
+    s.set_defaults(func=cmd_summary)
+
+    s = sub.add_parser("predict", help="top-k ImageNet classes for images, folders or globs")
+    s.add_argument("images", nargs="+", help="image files, folders or glob patterns ('photos/**/*.jpg')")
+    s.add_argument("--weights", default="IMAGENET1K_V1", help="a weights file or IMAGENET1K_V1 (default)")
+    s.add_argument("--variant", choices=variants, default="torchvision", help="layout for --weights random")
+    s.add_argument("--topk", type=_positive, default=5)
+    s.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    s.add_argument("--batch-size", type=_positive, default=32)
+    s.add_argument("--json", action="store_true", help="one JSON object per image per line")
+    s.add_argument("--scheduler", default=None, help="a Dask scheduler address (tcp://host:8786)")
+    s.add_argument("--out", default=None, help="with Dask: write the predictions to this Parquet path")
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("check", help="parity with torchvision on a seeded model (needs torch)")
+    s.add_argument("--variant", choices=variants, default="torchvision")
+    s.add_argument("--batch", type=_positive, default=2)
+    s.add_argument("--size", type=_positive, default=None, help="input H = W (torchvision only, >= 63)")
+    s.add_argument("--num-classes", type=_positive, default=1000)
+    s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("bench", help="alexnet_c vs PyTorch, per network and per layer", add_help=False)
+    s.add_argument("rest", nargs=argparse.REMAINDER)
+    s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("convert", help="convert weights between .pth, .safetensors and .npz")
+    s.add_argument("src")
+    s.add_argument("dst")
+    s.set_defaults(func=cmd_convert)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from ._errors import WeightsError
+    try:
+        return int(args.func(args) or 0)
+    except (UsageError, WeightsError, FileNotFoundError, IsADirectoryError, PermissionError, ValueError,
+            ImportError) as exc:
+        print(f"alexnet-c {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""The Python API's contract: input handling, error messages, model state, threads."""
+import numpy as np
+import pytest
+
+import alexnet_c as ac
+
+
+def test_any_real_dtype_and_layout_gives_same_result(rng):
+    x = rng.standard_normal((2, 3, 9, 10)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    base = ac.conv2d(x, w)
+    variants = [x.astype(np.float64), np.asfortranarray(x), x[:, :, ::-1, :][:, :, ::-1, :],
+                np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2), x.tolist(),
+                x.astype(">f4")]
+    for v in variants:
+        np.testing.assert_allclose(ac.conv2d(v, w), base, rtol=1e-6, atol=1e-6)
+    ints = (x * 10).astype(np.int16)
+    np.testing.assert_allclose(ac.conv2d(ints, w), ac.conv2d(ints.astype(np.float32), w), rtol=1e-6)
+    assert ac.relu(np.array([True, False])).dtype == np.float32
+
+
+def test_inputs_are_never_modified(rng):
+    x = rng.standard_normal((1, 3, 70, 70)).astype(np.float32)
+    x.flags.writeable = False
+    w = rng.standard_normal((8, 3, 5, 5)).astype(np.float32)
+    before = x.copy(), w.copy()
+    ac.conv2d(x, w, padding=2)
+    ac.relu(x)
+    ac.max_pool2d(x, 3, 2)
+    ac.adaptive_avg_pool2d(x, 6)
+    ac.softmax(x, dim=1)
+    ac.log_softmax(x, dim=1)
+    ac.linear(x.reshape(1, -1)[:, :50], rng.standard_normal((4, 50)))
+    m = ac.AlexNet(num_classes=5, seed=0)
+    m(x)
+    np.testing.assert_array_equal(x, before[0])
+    np.testing.assert_array_equal(w, before[1])
+
+
+def test_returns_fresh_float32_arrays(rng):
+    x = rng.standard_normal((4, 5)).astype(np.float32)
+    y = ac.relu(x)
+    assert y.dtype == np.float32 and y is not x and not np.shares_memory(x, y)
+
+
+@pytest.mark.parametrize("call,needle", [
+    (lambda: ac.conv2d(np.zeros((1, 4, 10, 10)), np.zeros((2, 3, 3, 3))), "expected input with 3 channels"),
+    (lambda: ac.conv2d(np.zeros((1, 3, 10, 10)), np.zeros((2, 3, 3))), "weight"),
+    (lambda: ac.conv2d(np.zeros((1, 1, 3, 10, 10)), np.zeros((2, 3, 3, 3))), "(1, 1, 3, 10, 10)"),
+    (lambda: ac.conv2d(np.zeros((1, 3, 2, 2)), np.zeros((2, 3, 5, 5))), "larger than the padded input"),
+    (lambda: ac.conv2d(np.zeros((1, 3, 9, 9)), np.zeros((2, 3, 3, 3)), np.zeros(3)), "bias of shape (2,)"),
+    (lambda: ac.conv2d(np.zeros((1, 4, 9, 9)), np.zeros((3, 2, 3, 3)), groups=2), "divisible by groups"),
+    (lambda: ac.conv2d(np.zeros((1, 3, 9, 9)), np.zeros((2, 3, 3, 3)), stride=0), "stride >= 1"),
+    (lambda: ac.max_pool2d(np.zeros((1, 1, 2, 2)), 3), "larger than the padded input"),
+    (lambda: ac.max_pool2d(np.zeros((1, 1, 8, 8)), 3, 1, 2), "at most half"),
+    (lambda: ac.max_pool2d(np.zeros((8, 8)), 3), "expected a 3-D"),
+    (lambda: ac.adaptive_avg_pool2d(np.zeros((1, 1, 8, 8)), 0), "output_size >= (1, 1)"),
+    (lambda: ac.linear(np.zeros((2, 5)), np.zeros((3, 4))), "last dimension 4"),
+    (lambda: ac.linear(np.zeros((2, 4)), np.zeros((3, 4)), np.zeros(2)), "bias of shape (3,)"),
+])
+def test_bad_shapes_raise_value_error_naming_shapes(call, needle):
+    with pytest.raises(ValueError) as info:
+        call()
+    assert needle in str(info.value)
+
+
+def test_bad_types_raise_type_error():
+    with pytest.raises(TypeError, match="real-valued"):
+        ac.relu(np.zeros(3, dtype=complex))
+    with pytest.raises(TypeError, match="real-valued"):
+        ac.relu(np.array(["a", "b"]))
+    with pytest.raises(TypeError):
+        ac.conv2d(np.zeros((1, 3, 9, 9)), np.zeros((2, 3, 3, 3)), stride=1.5)
+    with pytest.raises(TypeError):
+        ac.AlexNet(num_classes=4, seed=0)(object())
+
+
+def test_softmax_dim_out_of_range():
+    with pytest.raises(IndexError, match="out of range"):
+        ac.softmax(np.zeros((2, 3)), dim=2)
+
+
+def test_model_input_checks():
+    tv = ac.AlexNet(num_classes=3, seed=0)
+    with pytest.raises(ValueError, match="at least 63x63"):
+        tv(np.zeros((1, 3, 62, 100), np.float32))
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        tv(np.zeros((1, 4, 64, 64), np.float32))
+    orig = ac.AlexNet(num_classes=3, variant="original", seed=0)
+    with pytest.raises(ValueError, match="227x227"):
+        orig(np.zeros((1, 3, 224, 224), np.float32))
+    assert orig(np.zeros((2, 3, 227, 227), np.float32)).shape == (2, 3)
+    assert tv(np.zeros((0, 3, 224, 224), np.float32)).shape == (0, 3)
+    with pytest.raises(ValueError, match="variant"):
+        ac.AlexNet(variant="resnet")
+    with pytest.raises(ValueError, match="num_classes"):
+        ac.AlexNet(num_classes=0)
+
+
+def test_state_dict_roundtrip_and_readonly():
+    m = ac.AlexNet(num_classes=7, variant="original", seed=1)
+    sd = m.state_dict()
+    assert list(sd)[:2] == ["features.0.weight", "features.0.bias"]
+    assert list(sd)[-1] == "classifier.4.bias" and sd["classifier.4.weight"].shape == (7, 4096)
+    with pytest.raises(ValueError):
+        sd["features.0.weight"][0, 0, 0, 0] = 1.0
+    with pytest.raises(ValueError):
+        sd["features.0.weight"].flags.writeable = True
+    m2 = ac.AlexNet.from_state_dict(sd)
+    assert (m2.variant, m2.num_classes) == ("original", 7)
+    x = np.random.default_rng(0).standard_normal((1, 3, 227, 227)).astype(np.float32)
+    np.testing.assert_array_equal(m(x), m2(x))
+
+
+def test_from_state_dict_copies_its_input():
+    sd = {k: v.copy() for k, v in ac.AlexNet(num_classes=4, seed=2).state_dict().items()}
+    m = ac.AlexNet.from_state_dict(sd)
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    y = m(x)
+    sd["classifier.6.bias"][:] += 100
+    np.testing.assert_array_equal(m(x), y)
+
+
+def test_from_state_dict_reports_missing_unexpected_and_shapes():
+    sd = dict(ac.AlexNet(num_classes=4, seed=2).state_dict())
+    del sd["features.3.bias"]
+    sd["features.0.weight"] = np.zeros((64, 3, 5, 5), np.float32)
+    sd["extra.weight"] = np.zeros(3, np.float32)
+    with pytest.raises(ac.WeightsError) as info:
+        ac.AlexNet.from_state_dict(sd)
+    msg = str(info.value)
+    assert "features.3.bias" in msg and "extra.weight" in msg and "(64, 3, 11, 11)" in msg
+    with pytest.raises(ac.WeightsError, match="not an AlexNet"):
+        ac.AlexNet.from_state_dict({"fc.weight": np.zeros((2, 2))})
+    assert issubclass(ac.WeightsError, ValueError)
+
+
+def test_data_parallel_prefix_is_accepted():
+    sd = {"module." + k: v for k, v in ac.AlexNet(num_classes=4, seed=2).state_dict().items()}
+    assert ac.AlexNet.from_state_dict(sd).num_classes == 4
+
+
+def test_num_threads_roundtrip():
+    old = ac.get_num_threads()
+    try:
+        ac.set_num_threads(1)
+        assert ac.get_num_threads() == 1
+        with pytest.raises(ValueError):
+            ac.set_num_threads(0)
+    finally:
+        ac.set_num_threads(old)
+
+
+def test_cuda_unavailable_is_explained():
+    if ac.cuda_is_available():
+        pytest.skip("a CUDA device is present: covered by tests/test_cuda.py")
+    assert ac.cuda_unavailable_reason()
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        ac.relu(np.zeros(3), device="cuda")
+    m = ac.AlexNet(num_classes=2, seed=0)
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        m.to("cuda")
+    assert m.device == "cpu"
+    with pytest.raises(ValueError, match="device"):
+        m.to("tpu")
+
+
+def test_model_pickles(tmp_path):
+    import pickle
+    m = ac.AlexNet(num_classes=3, seed=9)
+    m2 = pickle.loads(pickle.dumps(m))
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    np.testing.assert_array_equal(m(x), m2(x))

@@ -1,0 +1,115 @@
+"""Every op against torch.nn.functional in float64 (DESIGN.md's parity rule)."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import alexnet_c as ac
+from _torch_models import TOL, max_rel_err
+
+
+def t64(a):
+    return torch.from_numpy(np.asarray(a, dtype=np.float64))
+
+
+CONV_CASES = [
+    # (N, C, H, W), (OC, KH, KW), stride, padding, groups, bias
+    ((1, 3, 224, 224), (64, 11, 11), 4, 2, 1, True),     # torchvision conv1
+    ((2, 3, 227, 227), (96, 11, 11), 4, 0, 1, True),     # original conv1
+    ((1, 64, 27, 27), (192, 5, 5), 1, 2, 1, True),       # conv2
+    ((3, 192, 13, 13), (384, 3, 3), 1, 1, 1, True),      # conv3
+    ((1, 384, 13, 13), (256, 3, 3), 1, 1, 1, False),     # conv4, no bias
+    ((2, 8, 17, 11), (6, 3, 5), (2, 1), (1, 2), 2, True),  # groups, non-square
+    ((1, 5, 9, 9), (7, 1, 1), 1, 0, 1, True),             # 1x1, odd sizes
+    ((1, 4, 6, 6), (5, 6, 6), 1, 0, 1, True),             # kernel == input
+    ((2, 6, 10, 10), (6, 3, 3), 3, 1, 6, True),           # depthwise
+]
+
+
+@pytest.mark.parametrize("xs,ws,stride,padding,groups,bias", CONV_CASES)
+def test_conv2d(rng, xs, ws, stride, padding, groups, bias):
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = rng.standard_normal((ws[0], xs[1] // groups) + ws[1:]).astype(np.float32)
+    b = rng.standard_normal(ws[0]).astype(np.float32) if bias else None
+    ref = F.conv2d(t64(x), t64(w), None if b is None else t64(b), stride=stride, padding=padding, groups=groups)
+    out = ac.conv2d(x, w, b, stride=stride, padding=padding, groups=groups)
+    assert out.dtype == np.float32 and out.shape == tuple(ref.shape)
+    assert max_rel_err(out, ref) <= TOL
+    naive = ac.conv2d(x, w, b, stride=stride, padding=padding, groups=groups, _naive=True)
+    assert max_rel_err(naive, ref) <= TOL
+
+
+def test_conv2d_unbatched_and_string_padding(rng):
+    x = rng.standard_normal((3, 20, 21)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    for padding in ("same", "valid"):
+        ref = F.conv2d(t64(x), t64(w), padding=padding)
+        out = ac.conv2d(x, w, padding=padding)
+        assert out.shape == tuple(ref.shape)
+        assert max_rel_err(out, ref) <= TOL
+
+
+POOL_CASES = [
+    ((1, 64, 55, 55), 3, 2, 0, False),
+    ((2, 3, 13, 13), 3, 2, 0, True),
+    ((1, 2, 10, 11), (3, 2), None, (1, 1), False),
+    ((1, 2, 7, 7), 2, 2, 1, True),
+    ((1, 1, 6, 6), 3, 3, 1, True),    # ceil_mode: last window must start inside input or left pad
+    ((1, 1, 5, 5), 2, 3, 0, True),
+    ((2, 3, 8, 9), 4, 1, 2, False),
+]
+
+
+@pytest.mark.parametrize("xs,k,s,p,ceil", POOL_CASES)
+def test_max_pool2d(rng, xs, k, s, p, ceil):
+    x = rng.standard_normal(xs).astype(np.float32)
+    ref = F.max_pool2d(t64(x), k, s, p, ceil_mode=ceil)
+    out = ac.max_pool2d(x, k, s, p, ceil_mode=ceil)
+    assert out.shape == tuple(ref.shape)
+    np.testing.assert_array_equal(out, ref.numpy().astype(np.float32))
+
+
+@pytest.mark.parametrize("xs,size", [((1, 256, 6, 6), 6), ((2, 256, 1, 1), (6, 6)), ((1, 3, 13, 13), 6),
+                                     ((1, 2, 7, 10), (3, 4)), ((1, 2, 5, 3), (7, 8)), ((2, 3, 9, 9), (None, 2))])
+def test_adaptive_avg_pool2d(rng, xs, size):
+    x = rng.standard_normal(xs).astype(np.float32)
+    ref = F.adaptive_avg_pool2d(t64(x), size)
+    out = ac.adaptive_avg_pool2d(x, size)
+    assert out.shape == tuple(ref.shape)
+    assert max_rel_err(out, ref) <= TOL
+
+
+@pytest.mark.parametrize("lead,i,o,bias", [((1,), 9216, 4096, True), ((3,), 4096, 1000, True), ((9,), 300, 70, False),
+                                         ((64,), 257, 33, True), ((), 17, 5, True), ((2, 3), 12, 7, True)])
+def test_linear(rng, lead, i, o, bias):
+    x = rng.standard_normal(lead + (i,)).astype(np.float32)
+    w = rng.standard_normal((o, i)).astype(np.float32)
+    b = rng.standard_normal(o).astype(np.float32) if bias else None
+    ref = F.linear(t64(x), t64(w), None if b is None else t64(b))
+    out = ac.linear(x, w, b)
+    assert out.shape == tuple(ref.shape)
+    assert max_rel_err(out, ref) <= TOL
+    if x.ndim == 2:
+        assert max_rel_err(ac.linear(x, w, b, _naive=True), ref) <= TOL
+
+
+def test_relu(rng):
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(ac.relu(x), F.relu(torch.from_numpy(x)).numpy())
+
+
+@pytest.mark.parametrize("fn,tfn", [(ac.softmax, F.softmax), (ac.log_softmax, F.log_softmax)])
+@pytest.mark.parametrize("shape,dim", [((3, 1000), -1), ((2, 5, 4), 1), ((4, 3), 0), ((7,), 0), ((2, 3, 4, 5), -2)])
+def test_softmax_family(rng, fn, tfn, shape, dim):
+    x = (rng.standard_normal(shape) * 5).astype(np.float32)
+    ref = tfn(t64(x), dim=dim)
+    out = fn(x, dim=dim)
+    assert max_rel_err(out, ref) <= TOL
+
+
+@pytest.mark.parametrize("fn,tfn", [(ac.softmax, F.softmax), (ac.log_softmax, F.log_softmax)])
+def test_softmax_stable_for_large_inputs(fn, tfn):
+    x = np.array([[1e4, 0.0, -1e4, 1e4 - 1.0], [-1e4, -1e4 + 2, -1e4, -1e4]], dtype=np.float32)
+    out = fn(x, dim=1)
+    assert np.isfinite(out).all()
+    assert max_rel_err(out, tfn(t64(x), dim=1)) <= TOL
