@@ -12,6 +12,9 @@ from . import _C
 from ._errors import WeightsError
 from .model import AlexNet, load
 from .ops import adaptive_avg_pool2d, conv2d, linear, log_softmax, max_pool2d, relu, softmax
+# Eager: `from .summary import ...` inside model.__repr__ would otherwise rebind
+# alexnet_c.summary to the submodule. summary.py imports only the stdlib and arch.
+from .summary import summary, summary_string
 
 __version__ = "0.1.0"
 
@@ -59,9 +62,11 @@ def alexnet(weights=None, *, progress: bool = True, num_classes: int = 1000, dev
 
 
 _LAZY = {
-    "summary": ("summary", "summary"),
-    "summary_string": ("summary", "summary_string"),
     "preprocess": ("images", "preprocess"),
+    "load_batch": ("images", "load_batch"),
+    "iter_predict": ("images", "iter_predict"),
+    "load_pretrained": ("hub", "load_pretrained"),
+    "plot_layer_times": ("plots", "plot_layer_times"),
     "IMAGENET_CATEGORIES": ("categories", "IMAGENET_CATEGORIES"),
     "plot_filters": ("plots", "plot_filters"),
     "plot_feature_maps": ("plots", "plot_feature_maps"),
@@ -86,5 +91,6 @@ __all__ = [
     "AlexNet", "load", "alexnet", "WeightsError", "CudaOutOfMemoryError",
     "conv2d", "relu", "max_pool2d", "adaptive_avg_pool2d", "linear", "log_softmax", "softmax",
     "set_num_threads", "get_num_threads", "cuda_is_available", "cuda_unavailable_reason", "cpu_isa",
-    "summary", "summary_string", "preprocess", "IMAGENET_CATEGORIES", "plot_filters", "plot_feature_maps",
+    "summary", "summary_string", "preprocess", "load_batch", "iter_predict", "load_pretrained",
+    "IMAGENET_CATEGORIES", "plot_filters", "plot_feature_maps", "plot_layer_times",
 ]
