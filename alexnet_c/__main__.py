@@ -188,7 +188,8 @@ def cmd_bench(args) -> int:
         from . import bench
     except ImportError as exc:
         raise UsageError(f"bench is unavailable: {exc}") from None
-    return bench.main(args.rest) or 0
+    rest = args.rest[1:] if args.rest[:1] == ["--"] else args.rest
+    return bench.main(rest) or 0
 
 
 def cmd_convert(args) -> int:
@@ -243,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        # bench parses its own options (argparse's REMAINDER would swallow none that start with '-').
+        argv = ["bench", "--"] + argv[1:]
     parser = build_parser()
     args = parser.parse_args(argv)
     from ._errors import WeightsError

@@ -3,7 +3,6 @@ import hashlib
 import http.server
 import os
 import socket
-import subprocess
 import sys
 import threading
 
@@ -11,8 +10,8 @@ import pytest
 
 from alexnet_c import hub
 from alexnet_c._errors import WeightsError
+from _subproc import run_python
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONTENT = b"alexnet_c test weights\n" * 5000
 PREFIX = hashlib.sha256(CONTENT).hexdigest()[:8]
 
@@ -174,5 +173,5 @@ def test_import_is_light_and_offline():
         "if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=REPO)
+    res = run_python(["-c", code])
+    assert res.returncode == 0, res.stderr
