@@ -72,7 +72,8 @@ class _Layout:
 def cmd_predict(args) -> int:
     from .images import iter_predict
     for src in args.images:
-        if not (os.path.exists(src) or any(ch in src for ch in "*?[")):
+        remote = "://" in src and (args.scheduler or args.out)
+        if not (remote or os.path.exists(src) or any(ch in src for ch in "*?[")):
             raise UsageError(f"image not found: {src}")
     if args.scheduler or args.out:
         from . import distributed
@@ -253,8 +254,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ._errors import WeightsError
     try:
         return int(args.func(args) or 0)
-    except (UsageError, WeightsError, FileNotFoundError, IsADirectoryError, PermissionError, ValueError,
-            ImportError) as exc:
+    except (UsageError, WeightsError, OSError, ValueError, ImportError) as exc:
         print(f"alexnet-c {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
