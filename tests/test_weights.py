@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _ckpt  # noqa: E402
+from _subproc import run_python  # noqa: E402
 
 from alexnet_c._errors import WeightsError  # noqa: E402
 from alexnet_c.weights import read_state_dict, write_state_dict  # noqa: E402
