@@ -7,8 +7,6 @@ compared with single-process `model.predict`.
 import math
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 import types
@@ -23,10 +21,10 @@ Image = pytest.importorskip("PIL.Image")
 import pandas as pd  # noqa: E402  (after the skips: pandas comes with the extra)
 
 import alexnet_c as ac  # noqa: E402
+from _subproc import run_python  # noqa: E402
 
 N_IMAGES = 200
 TOPK = 5
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(ac.__file__)))
 
 
 def _cores():
@@ -128,8 +126,7 @@ def test_import_is_lazy_and_names_the_extra():
         else:
             raise AssertionError("no ImportError")
     """)
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    proc = run_python(["-c", code], timeout=60)
     assert proc.returncode == 0, proc.stderr
 
 
@@ -239,15 +236,13 @@ def test_worker_killed_mid_job_loses_no_rows(acd, client, data, reference):
 def test_cli_out_parquet(client, data, reference, tmp_path, cluster):
     out = tmp_path / "preds.parquet"
     pattern = os.path.join(data.root, "a", "img01*.*")
-    cmd = [sys.executable, "-m", "alexnet_c", "predict", pattern, "--weights", data.weights,
+    cmd = ["-m", "alexnet_c", "predict", pattern, "--weights", data.weights,
            "--out", str(out), "--topk", "3", "--batch-size", "4"]
     if cluster == "scheduler":
         cmd += ["--scheduler", client.scheduler.address]
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     # The local cluster has one worker per core: keep it at two on a big machine.
     cpus = sorted(os.sched_getaffinity(0))[:2] if hasattr(os, "sched_setaffinity") else None
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240,
-                          preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+    proc = run_python(cmd, timeout=240, preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
     assert proc.returncode == 0, proc.stderr
     assert "wrote" in proc.stderr
     result = pd.read_parquet(out)
