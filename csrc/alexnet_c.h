@@ -38,6 +38,12 @@ acn_isa acn_active_isa(void);        /* what the kernels use now */
 int acn_set_isa(acn_isa isa);        /* ACN_EINVAL if the CPU lacks it */
 const char *acn_isa_name(acn_isa isa);
 
+/* ---- machine ceilings for the benchmark (cpu/machine.c) ----------------
+ * GFLOP/s of nt threads running independent fp32 FMA chains for ~seconds with
+ * the active ISA; GB/s of nt threads summing buf (n floats) reps times (best). */
+double acn_measure_fma_peak(int nt, double seconds);
+double acn_measure_read_bw(const float *buf, size_t n, int reps, int nt);
+
 /* ---- GEMM (cpu/gemm.c) --------------------------------------------------
  * C (M,N) row-major with leading dimension ldc.
  * A (M,K): element (i,k) at A[i*rsa + k*csa]  (any strides: lets callers pass

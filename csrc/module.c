@@ -827,6 +827,42 @@ static PyObject *py_set_isa(PyObject *self, PyObject *arg)
     return PyErr_Format(PyExc_ValueError, "set_isa: expected 'generic', 'avx2' or 'avx512', got %R", arg);
 }
 
+static PyObject *py_measure_fma_peak(PyObject *self, PyObject *args)
+{
+    (void)self;
+    int nt;
+    double seconds;
+    if (!PyArg_ParseTuple(args, "id", &nt, &seconds))
+        return NULL;
+    if (nt < 1 || seconds <= 0)
+        return PyErr_Format(PyExc_ValueError, "measure_fma_peak: expected threads >= 1 and seconds > 0");
+    double gflops;
+    Py_BEGIN_ALLOW_THREADS
+    gflops = acn_measure_fma_peak(nt, seconds);
+    Py_END_ALLOW_THREADS
+    return PyFloat_FromDouble(gflops);
+}
+
+static PyObject *py_measure_read_bw(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *obj;
+    int reps, nt;
+    if (!PyArg_ParseTuple(args, "Oii", &obj, &reps, &nt))
+        return NULL;
+    if (reps < 1 || nt < 1)
+        return PyErr_Format(PyExc_ValueError, "measure_read_bw: expected reps >= 1 and threads >= 1");
+    PyArrayObject *buf = as_float32(obj, "measure_read_bw", "buffer");
+    if (buf == NULL)
+        return NULL;
+    double gbs;
+    Py_BEGIN_ALLOW_THREADS
+    gbs = acn_measure_read_bw(fdata(buf), (size_t)PyArray_SIZE(buf), reps, nt);
+    Py_END_ALLOW_THREADS
+    Py_DECREF(buf);
+    return PyFloat_FromDouble(gbs);
+}
+
 static PyMethodDef module_methods[] = {
     {"conv2d", py_conv2d, METH_VARARGS, "conv2d(x, w, b, sh, sw, ph, pw, groups, device, naive)"},
     {"relu", py_relu, METH_VARARGS, "relu(x, device)"},
@@ -839,6 +875,8 @@ static PyMethodDef module_methods[] = {
     {"cuda_status", py_cuda_status, METH_NOARGS, "cuda_status() -> (available, reason)"},
     {"get_isa", py_get_isa, METH_NOARGS, "get_isa() -> (active, best)"},
     {"set_isa", py_set_isa, METH_O, "set_isa('generic' | 'avx2' | 'avx512')"},
+    {"measure_fma_peak", py_measure_fma_peak, METH_VARARGS, "measure_fma_peak(threads, seconds) -> GFLOP/s"},
+    {"measure_read_bw", py_measure_read_bw, METH_VARARGS, "measure_read_bw(float32 array, reps, threads) -> GB/s"},
     {NULL, NULL, 0, NULL},
 };
 

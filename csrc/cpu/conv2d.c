@@ -1,37 +1,140 @@
-/* Convolution as an implicit GEMM: out(OC, OH*OW) = weight(OC, C*KH*KW) x col,
- * where col is never materialised: the GEMM's B-packing reads the image
- * directly (pack_b_im2col), so no im2col buffer of K x OH*OW floats exists. */
+/* Convolution as one implicit GEMM over the whole batch:
+ *   out(OC, N*OH*OW) = weight(OC, C*KH*KW) x col(C*KH*KW, N*OH*OW)
+ * where col is never materialised: the GEMM's B-packing reads the images
+ * directly (pack_b_im2col), and column j = n*P + p is stored into image n's
+ * (OC, P) plane (the plan's segments). Threads split the columns, so batch 1
+ * splits pixels and batch 64 effectively splits images, both without barriers.
+ * The weights are packed once per call here, once per net in net.c. */
 #include "cpu_internal.h"
 
-#include <omp.h>
+#include <string.h>
 
+/* The B-packing reads a zero-padded copy of the input, so that no tap ever
+ * needs a bounds check: plane (n, c) is Hp = H + 2*PH rows; with a column
+ * stride SW > 1 each padded row is stored as SW "phases" one after the other,
+ * phase r = padded columns r, r+SW, r+2*SW..., each Wq = ceil((W + 2*PW)/SW)
+ * long. Column ow of tap kw then reads phase kw % SW at index ow + kw / SW:
+ * consecutive output columns read consecutive floats, whatever the stride.
+ * (Stride 1 without padding reads the image itself.) */
 typedef struct {
-    const float *img;   /* (C,H,W) of one image, already offset to the group */
-    int H, W, KH, KW, SH, SW, PH, PW, OW;
+    const float *img;          /* image 0 of the group, padded layout */
+    ptrdiff_t img_stride;      /* floats between images */
+    ptrdiff_t ch_stride;       /* floats between channels: Hp * SW * Wq */
+    ptrdiff_t row_stride;      /* floats between padded rows: SW * Wq */
+    int Wq, KH, KW, SH, SW, OW, P;
+    int avx512;                /* copy runs with masked AVX-512 loads/stores */
 } im2col_ctx;
 
-/* Row k of col is (c, kh, kw); column j is (oh, ow). */
+typedef struct { ptrdiff_t src; int off, len; } col_run;
+
+/* o[0..len) = src[0..len). */
+static inline void copy_run(float *o, const float *src, int len)
+{
+    memcpy(o, src, (size_t)len * sizeof(float));
+}
+
+#if ACN_X86
+#include <immintrin.h>
+/* Masked load + masked store: one pair per 16 columns, no call, no tail loop. */
+__attribute__((target("avx512f")))
+static void pack_runs_avx512(float *dk, const float *src, const col_run *runs, int nruns)
+{
+    for (int i = 0; i < nruns; i++) {
+        const float *s = src + runs[i].src;
+        float *o = dk + runs[i].off;
+        int len = runs[i].len;
+        for (; len >= 16; len -= 16, s += 16, o += 16)
+            _mm512_storeu_ps(o, _mm512_loadu_ps(s));
+        if (len > 0) {
+            const __mmask16 m = (__mmask16)((1u << len) - 1u);
+            _mm512_mask_storeu_ps(o, m, _mm512_maskz_loadu_ps(m, s));
+        }
+    }
+}
+#endif
+
+/* Row k of col is (c, kh, kw); column j is (n, oh, ow). A panel's NR columns
+ * break into a few runs that share (n, oh); each run is a contiguous slice of
+ * one padded (phase) input row, whose offset is computed once per panel. */
 static void pack_b_im2col(float *dst, const void *vctx, int p0, int kc, int j0, int ncols, int NR)
 {
     const im2col_ctx *x = vctx;
     const int khw = x->KH * x->KW;
+    col_run runs[64];
     for (int panel = 0; panel * NR < ncols; panel++) {
         const int jbase = j0 + panel * NR;
         const int jn = ncols - panel * NR < NR ? ncols - panel * NR : NR;
         float *d = dst + (size_t)panel * kc * NR;
+        int nruns = 0;
+        for (int j = 0; j < jn;) {
+            const int jj = jbase + j, n = jj / x->P, p = jj - n * x->P;
+            const int oh = p / x->OW, ow = p - oh * x->OW;
+            int len = x->OW - ow;
+            if (len > jn - j) len = jn - j;
+            runs[nruns++] = (col_run){n * x->img_stride + (ptrdiff_t)oh * x->SH * x->row_stride + ow, j, len};
+            j += len;
+        }
+        int c = p0 / khw, kh = (p0 % khw) / x->KW, kw = p0 % x->KW;
         for (int k = 0; k < kc; k++) {
-            const int kk = p0 + k;
-            const int c = kk / khw, kh = (kk % khw) / x->KW, kw = kk % x->KW;
-            const float *plane = x->img + (size_t)c * x->H * x->W;
             float *dk = d + (size_t)k * NR;
-            int oh = jbase / x->OW, ow = jbase % x->OW;
-            for (int j = 0; j < jn; j++) {
-                const int ih = oh * x->SH - x->PH + kh, iw = ow * x->SW - x->PW + kw;
-                dk[j] = (ih >= 0 && ih < x->H && iw >= 0 && iw < x->W) ? plane[(size_t)ih * x->W + iw] : 0.0f;
-                if (++ow == x->OW) { ow = 0; oh++; }
-            }
+            const float *src = x->img + (ptrdiff_t)c * x->ch_stride + (ptrdiff_t)kh * x->row_stride
+                             + (ptrdiff_t)(kw % x->SW) * x->Wq + kw / x->SW;
+#if ACN_X86
+            if (x->avx512)
+                pack_runs_avx512(dk, src, runs, nruns);
+            else
+#endif
+                for (int i = 0; i < nruns; i++)
+                    copy_run(dk + runs[i].off, src + runs[i].src, runs[i].len);
             for (int j = jn; j < NR; j++)
                 dk[j] = 0.0f;
+            if (++kw == x->KW) {
+                kw = 0;
+                if (++kh == x->KH) { kh = 0; c++; }
+            }
+        }
+    }
+}
+
+static int needs_padded_copy(int SW, int PH, int PW) { return SW > 1 || PH > 0 || PW > 0; }
+
+/* Floats of the padded copy of the input (0 when the image is read directly). */
+size_t acn_conv_phase_floats(int N, int C, int H, int W, int SW, int PH, int PW)
+{
+    if (!needs_padded_copy(SW, PH, PW))
+        return 0;
+    const size_t Wq = (size_t)(W + 2 * PW + SW - 1) / SW;
+    return (size_t)N * C * (size_t)(H + 2 * PH) * (size_t)SW * Wq;
+}
+
+static void to_padded_layout(float *dst, const float *inp, int planes, int H, int W, int SW, int PH, int PW,
+                             int nt)
+{
+    const int Hp = H + 2 * PH, Wq = (W + 2 * PW + SW - 1) / SW;
+    const size_t row = (size_t)SW * Wq;
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && planes > 16)
+    for (int pl = 0; pl < planes; pl++) {
+        for (int h = 0; h < Hp; h++) {
+            float *d = dst + ((size_t)pl * Hp + h) * row;
+            const int ih = h - PH;
+            if (ih < 0 || ih >= H) {
+                memset(d, 0, row * sizeof(float));
+                continue;
+            }
+            const float *s = inp + ((size_t)pl * H + ih) * W;
+            if (SW == 1) {   /* [PW zeros | the row | zeros to Wq] */
+                memset(d, 0, (size_t)PW * sizeof(float));
+                memcpy(d + PW, s, (size_t)W * sizeof(float));
+                memset(d + PW + W, 0, (size_t)(Wq - PW - W) * sizeof(float));
+                continue;
+            }
+            for (int r = 0; r < SW; r++) {
+                float *dp = d + (size_t)r * Wq;
+                for (int j = 0; j < Wq; j++) {
+                    const int iw = j * SW + r - PW;
+                    dp[j] = (iw >= 0 && iw < W) ? s[iw] : 0.0f;
+                }
+            }
         }
     }
 }
@@ -44,6 +147,56 @@ size_t conv2d_workspace_floats(int C, int H, int W, int OC, int KH, int KW,
     return 0;   /* implicit GEMM: packing buffers are per thread, see gemm.c */
 }
 
+/* Packed weights of every group, one after the other, in the uk->MR layout. */
+size_t acn_conv_packed_floats(int C, int OC, int KH, int KW, int groups, int MR)
+{
+    return (size_t)groups * acn_packed_a_floats(OC / groups, C / groups * KH * KW, MR);
+}
+
+void acn_conv_pack_weights(float *dst, const float *weight, int C, int OC, int KH, int KW, int groups, int MR)
+{
+    const int OCg = OC / groups, Kg = C / groups * KH * KW;
+    const size_t per_group = acn_packed_a_floats(OCg, Kg, MR);
+    for (int g = 0; g < groups; g++)
+        acn_pack_a(dst + g * per_group, weight + (size_t)g * OCg * Kg, Kg, 1, OCg, Kg, MR);
+}
+
+int acn_conv2d_packed(float *out, const float *inp, const float *packed, const acn_ukernel *uk,
+                      const float *bias, int N, int C, int H, int W, int OC, int KH, int KW,
+                      int SH, int SW, int PH, int PW, int groups, int relu, float *work)
+{
+    const int OH = (H + 2 * PH - KH) / SH + 1, OW = (W + 2 * PW - KW) / SW + 1;
+    const int Cg = C / groups, OCg = OC / groups, Kg = Cg * KH * KW, P = OH * OW;
+    const size_t per_group = acn_packed_a_floats(OCg, Kg, uk->MR);
+    if ((long long)N * P > 0x7fffffff)
+        return ACN_EINVAL;
+    const int nt = acn_get_num_threads();
+    const int Hp = H + 2 * PH, Wq = (W + 2 * PW + SW - 1) / SW;
+    const float *img = inp;
+    if (needs_padded_copy(SW, PH, PW)) {
+        if (work == NULL)
+            work = acn_thread_buffer(ACN_TLS_WORK, acn_conv_phase_floats(N, C, H, W, SW, PH, PW));
+        if (work == NULL)
+            return ACN_ENOMEM;
+        to_padded_layout(work, inp, N * C, H, W, SW, PH, PW, nt);
+        img = work;
+    }
+    const ptrdiff_t row_stride = (ptrdiff_t)SW * Wq, ch_stride = (ptrdiff_t)Hp * row_stride;
+    for (int g = 0; g < groups; g++) {
+        im2col_ctx ctx = {img + (size_t)g * Cg * ch_stride, (ptrdiff_t)C * ch_stride, ch_stride, row_stride,
+                          Wq, KH, KW, SH, SW, OW, P, uk->isa == ACN_ISA_AVX512};
+        acn_gemm_plan plan = {
+            .uk = uk, .pa = packed + g * per_group, .M = OCg, .N = N * P, .K = Kg,
+            .pack_b = pack_b_im2col, .b_ctx = &ctx,
+            .C = out + (size_t)g * OCg * P, .ldc = P, .seg_cols = P, .seg_stride = (ptrdiff_t)OC * P,
+            .bias = bias ? bias + (size_t)g * OCg : NULL, .bias_mode = ACN_BIAS_ROW, .relu = relu};
+        int st = acn_gemm_parallel(&plan, nt);
+        if (st != ACN_OK)
+            return st;
+    }
+    return ACN_OK;
+}
+
 int conv2d_forward_cpu(float *out, const float *inp, const float *weight, const float *bias,
                        int N, int C, int H, int W, int OC, int KH, int KW,
                        int SH, int SW, int PH, int PW, int groups, int relu, float *work)
@@ -51,24 +204,15 @@ int conv2d_forward_cpu(float *out, const float *inp, const float *weight, const 
     (void)work;
     if (groups < 1 || C % groups || OC % groups || SH < 1 || SW < 1)
         return ACN_EINVAL;
-    const int OH = (H + 2 * PH - KH) / SH + 1, OW = (W + 2 * PW - KW) / SW + 1;
-    const int Cg = C / groups, OCg = OC / groups, Kg = Cg * KH * KW, P = OH * OW;
-    for (int n = 0; n < N; n++) {
-        for (int g = 0; g < groups; g++) {
-            im2col_ctx ctx = {inp + ((size_t)n * C + (size_t)g * Cg) * H * W,
-                              H, W, KH, KW, SH, SW, PH, PW, OW};
-            acn_gemm_args a = {
-                .A = weight + (size_t)g * OCg * Kg, .rsa = Kg, .csa = 1,
-                .pack_b = pack_b_im2col, .b_ctx = &ctx,
-                .C = out + ((size_t)n * OC + (size_t)g * OCg) * P, .ldc = P,
-                .M = OCg, .N = P, .K = Kg,
-                .bias = bias ? bias + (size_t)g * OCg : NULL, .bias_mode = ACN_BIAS_ROW, .relu = relu};
-            int st = acn_sgemm(&a);
-            if (st != ACN_OK)
-                return st;
-        }
-    }
-    return ACN_OK;
+    if (N <= 0 || OC <= 0)
+        return ACN_OK;
+    const acn_ukernel *uk = acn_active_ukernel();
+    float *packed = acn_thread_buffer(ACN_TLS_PACK_A, acn_conv_packed_floats(C, OC, KH, KW, groups, uk->MR) + 1);
+    if (packed == NULL)
+        return ACN_ENOMEM;
+    acn_conv_pack_weights(packed, weight, C, OC, KH, KW, groups, uk->MR);
+    return acn_conv2d_packed(out, inp, packed, uk, bias, N, C, H, W, OC, KH, KW, SH, SW, PH, PW, groups, relu,
+                             NULL);
 }
 
 int conv2d_forward_naive(float *out, const float *inp, const float *weight, const float *bias,

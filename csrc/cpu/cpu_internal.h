@@ -17,36 +17,41 @@ int acn_isa_init_from_env(void);
 
 /* Grow-only buffer owned by the calling OS thread and freed when it exits, so
  * repeated kernel calls allocate nothing and ended threads leak nothing. */
-enum { ACN_TLS_PACK_A = 0, ACN_TLS_PACK_B = 1, ACN_TLS_SLOTS = 2 };
+enum { ACN_TLS_PACK_A = 0, ACN_TLS_PACK_B = 1, ACN_TLS_WORK = 2, ACN_TLS_SLOTS = 3 };
 float *acn_thread_buffer(int slot, size_t floats);
 
-/* ---- GEMM internals (gemm.c) ---- */
-
-/* Fills a packed B block: kc rows (from p0) by nr-wide column panels starting at
- * column j0, panel after panel, dst[(panel*kc + k)*NR + j]; columns past ncols
- * are zero. ctx is the caller's description of B. */
+/* ---- GEMM internals (gemm.c) ----
+ *
+ * Packed A: ceil(M/MR) panels, each MR rows by all K, element (i,k) of panel p
+ * at pa[(p*K + k)*MR + i], rows past M zero. Conv weights are packed once in this
+ * layout when a net is built; a depth block [pc, pc+kc) of a panel is then just
+ * the contiguous slice pa + (p*K + pc)*MR.
+ *
+ * Packed B block: kc rows (from p0) by NR-wide column panels starting at column
+ * j0, panel after panel, dst[(panel*kc + k)*NR + j]; columns past ncols are zero.
+ * ctx is the caller's description of B (a strided matrix, an image for conv). */
 typedef void (*acn_pack_b_fn)(float *dst, const void *ctx, int p0, int kc, int j0, int ncols, int NR);
-
-typedef struct {
-    const float *A; ptrdiff_t rsa, csa;    /* A (M,K) strided */
-    acn_pack_b_fn pack_b; const void *b_ctx;
-    float *C; ptrdiff_t ldc;
-    int M, N, K;
-    const float *bias; int bias_mode; int relu;
-} acn_gemm_args;
-
-int acn_sgemm(const acn_gemm_args *g);
 
 /* Strided B: element (k,j) at B[k*rsb + j*csb]. */
 typedef struct { const float *B; ptrdiff_t rsb, csb; } acn_strided_b;
 void acn_pack_b_strided(float *dst, const void *ctx, int p0, int kc, int j0, int ncols, int NR);
 
-/* Micro-kernel: C[MR x NR] (row stride ldc) = or += a_panel (kc x MR) * b_panel (kc x NR). */
-typedef void (*acn_ukernel_fn)(int kc, const float *a, const float *b, float *c, ptrdiff_t ldc, int accumulate);
+size_t acn_packed_a_floats(int M, int K, int MR);
+/* A (M,K) with element (i,k) at A[i*rsa + k*csa]. */
+void acn_pack_a(float *dst, const float *A, ptrdiff_t rsa, ptrdiff_t csa, int M, int K, int MR);
+
+/* Micro-kernel: one full MR x NR tile of C (row stride ldc) from a_panel (kc x MR)
+ * and b_panel (kc x NR). flags: ACN_UK_ACCUM adds to C instead of overwriting;
+ * ACN_UK_BIAS adds bias[i] to row i; ACN_UK_RELU then applies max(0, x), NaN kept.
+ * Bias and ReLU are only asked for on the last depth block. */
+enum { ACN_UK_ACCUM = 1, ACN_UK_BIAS = 2, ACN_UK_RELU = 4 };
+typedef void (*acn_ukernel_fn)(int kc, const float *a, const float *b, float *c, ptrdiff_t ldc,
+                               int flags, const float *bias);
 
 typedef struct {
     int MR, NR;
     acn_ukernel_fn kernel;
+    acn_isa isa;
 } acn_ukernel;
 
 const acn_ukernel *acn_ukernel_generic(void);
@@ -54,6 +59,32 @@ const acn_ukernel *acn_ukernel_avx2(void);     /* NULL off x86 */
 const acn_ukernel *acn_ukernel_avx512(void);   /* NULL off x86 */
 const acn_ukernel *acn_active_ukernel(void);
 
+/* C = A x B (+ bias, ReLU) over the columns [j0, j1), on the calling thread only.
+ * Column j lives in segment s = j / seg_cols at C + s*seg_stride + (j % seg_cols)
+ * (one segment per image for a batched conv; plain GEMM: seg_cols = N). */
+typedef struct {
+    const acn_ukernel *uk;
+    const float *pa;                        /* packed A for uk->MR */
+    int M, N, K;
+    acn_pack_b_fn pack_b; const void *b_ctx;
+    float *C; ptrdiff_t ldc; int seg_cols; ptrdiff_t seg_stride;
+    const float *bias; int bias_mode; int relu;
+} acn_gemm_plan;
+
+int acn_gemm_range(const acn_gemm_plan *g, int j0, int j1);
+/* Splits the columns over nt threads (NR-aligned ranges, no barrier inside). */
+int acn_gemm_parallel(const acn_gemm_plan *g, int nt);
+
+/* ---- convolution with pre-packed weights (conv2d.c) ---- */
+size_t acn_conv_packed_floats(int C, int OC, int KH, int KW, int groups, int MR);
+void acn_conv_pack_weights(float *dst, const float *weight, int C, int OC, int KH, int KW, int groups, int MR);
+/* Scratch for the zero-padded (and, for SW > 1, phase-split) copy of the input. */
+size_t acn_conv_phase_floats(int N, int C, int H, int W, int SW, int PH, int PW);
+/* conv2d_forward_cpu's arguments, with the weights packed by acn_conv_pack_weights
+ * for uk->MR; work: acn_conv_phase_floats() floats, or NULL for a thread buffer. */
+int acn_conv2d_packed(float *out, const float *inp, const float *packed, const acn_ukernel *uk,
+                      const float *bias, int N, int C, int H, int W, int OC, int KH, int KW,
+                      int SH, int SW, int PH, int PW, int groups, int relu, float *work);
 static inline float acn_relu1(float x) { return x < 0.0f ? 0.0f : x; }   /* NaN stays NaN */
 
 #endif

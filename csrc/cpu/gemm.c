@@ -1,19 +1,24 @@
 /* Packed SGEMM: the engine under convolution and the fully-connected layers.
  *
- * Loop nest (Goto/BLIS): column blocks of NC -> depth blocks of KC (pack B once,
- * shared by the team) -> row blocks of MC (pack A, shared) -> MR x NR tiles
- * split over the threads. The micro-kernel (ISA-specific, gemm_<isa>.c) is where
- * the time goes; packing makes its loads contiguous and lets callers describe B
- * however they like (conv2d packs straight from the image: no im2col buffer).
+ * A (the weights) is packed once into MR-row panels over all of K (conv weights
+ * when a net is built; other callers pack per call). Each thread owns a range of
+ * output columns and runs the whole GEMM for it alone: no barrier, no shared
+ * packing buffer, so two cores never wait for each other inside a layer.
+ *
+ * Per thread (BLIS order, without the MC loop since A is pre-packed):
+ *   column block of NCB -> depth block of KC: pack B (KC x NCB, ~650 KB, L2)
+ *     -> B micro-panel (KC x NR, 30 KB, L1) -> A panels streaming from L2
+ *     -> micro-kernel (gemm_<isa>.c).
+ * The micro-kernel is where the time goes; bias and ReLU are applied in its
+ * registers on the last depth block.
  */
 #include "cpu_internal.h"
 
 #include <omp.h>
 #include <string.h>
 
-enum { KC = 256, MC_TARGET = 144, NC_TARGET = 2048, MAX_TILE = 16 * 64 };
+enum { KC = 160, NCB = 1024, MAX_TILE = 16 * 64 };
 
-static int round_up(int x, int m) { return (x + m - 1) / m * m; }
 static int min_int(int a, int b) { return a < b ? a : b; }
 
 void acn_pack_b_strided(float *dst, const void *ctx, int p0, int kc, int j0, int ncols, int NR)
@@ -36,108 +41,134 @@ void acn_pack_b_strided(float *dst, const void *ctx, int p0, int kc, int j0, int
     }
 }
 
-/* One MR-row panel of A: dst[k*MR + i], rows past m are zero. */
-static void pack_a_panel(float *dst, const float *A, ptrdiff_t rsa, ptrdiff_t csa,
-                         int i0, int m, int p0, int kc, int MR)
+size_t acn_packed_a_floats(int M, int K, int MR)
 {
-    for (int i = 0; i < MR; i++) {
-        if (i < m) {
-            const float *src = A + (ptrdiff_t)(i0 + i) * rsa + (ptrdiff_t)p0 * csa;
-            for (int k = 0; k < kc; k++)
-                dst[(size_t)k * MR + i] = src[(ptrdiff_t)k * csa];
-        } else {
-            for (int k = 0; k < kc; k++)
-                dst[(size_t)k * MR + i] = 0.0f;
+    return (size_t)((M + MR - 1) / MR) * MR * (size_t)K;
+}
+
+void acn_pack_a(float *dst, const float *A, ptrdiff_t rsa, ptrdiff_t csa, int M, int K, int MR)
+{
+    const int panels = (M + MR - 1) / MR;
+    /* Once per net for the conv weights (~9 MB, ~5 ms), per call for the ops API. */
+    for (int p = 0; p < panels; p++) {
+        float *d = dst + (size_t)p * K * MR;
+        const int m = M - p * MR < MR ? M - p * MR : MR;
+        const float *src = A + (ptrdiff_t)p * MR * rsa;
+        for (int k = 0; k < K; k++) {   /* contiguous writes; MR read streams */
+            float *dk = d + (size_t)k * MR;
+            for (int i = 0; i < m; i++)
+                dk[i] = src[(ptrdiff_t)i * rsa + (ptrdiff_t)k * csa];
+            for (int i = m; i < MR; i++)
+                dk[i] = 0.0f;
         }
     }
 }
 
-static void epilogue(float *c, ptrdiff_t ldc, int m, int n, int row, int col,
-                     const float *bias, int bias_mode, int relu)
+/* Address of column j of row 0 of C. */
+static inline float *col_ptr(const acn_gemm_plan *g, int j)
 {
-    for (int i = 0; i < m; i++) {
-        float *ci = c + (ptrdiff_t)i * ldc;
-        if (bias_mode == ACN_BIAS_ROW) {
-            float b = bias[row + i];
-            for (int j = 0; j < n; j++) ci[j] += b;
-        } else if (bias_mode == ACN_BIAS_COL) {
-            for (int j = 0; j < n; j++) ci[j] += bias[col + j];
-        }
-        if (relu)
-            for (int j = 0; j < n; j++) ci[j] = acn_relu1(ci[j]);
-    }
+    const int s = j / g->seg_cols;
+    return g->C + (ptrdiff_t)s * g->seg_stride + (j - s * g->seg_cols);
 }
 
-static void run_tile(const acn_ukernel *uk, int kc, const float *pa, const float *pb,
-                     float *c, ptrdiff_t ldc, int m, int n, int accumulate)
+/* A partial tile (m < MR or n < NR) or one that straddles two segments (a
+ * 13x13 conv output: every sixth tile crosses into the next image): the
+ * kernel writes a scratch tile, then each segment's piece is copied row by
+ * row with accumulate/bias/ReLU (contiguous inner loops, vectorised). */
+static void edge_tile(const acn_gemm_plan *g, int kc, const float *pa, const float *pb,
+                      int row, int col, int m, int n, int flags)
 {
-    if (m == uk->MR && n == uk->NR) {
-        uk->kernel(kc, pa, pb, c, ldc, accumulate);
-        return;
-    }
-    /* Edge tile: compute the full MR x NR into scratch, keep the valid part. */
+    const acn_ukernel *uk = g->uk;
     float tmp[MAX_TILE] __attribute__((aligned(64)));
-    uk->kernel(kc, pa, pb, tmp, uk->NR, 0);
-    for (int i = 0; i < m; i++)
-        for (int j = 0; j < n; j++)
-            c[(ptrdiff_t)i * ldc + j] = accumulate ? c[(ptrdiff_t)i * ldc + j] + tmp[i * uk->NR + j]
-                                                   : tmp[i * uk->NR + j];
+    uk->kernel(kc, pa, pb, tmp, uk->NR, 0, NULL);
+    for (int j = 0; j < n;) {
+        const int s = (col + j) / g->seg_cols, q = col + j - s * g->seg_cols;
+        const int len = n - j < g->seg_cols - q ? n - j : g->seg_cols - q;
+        float *base = g->C + (ptrdiff_t)s * g->seg_stride + (ptrdiff_t)row * g->ldc + q;
+        for (int i = 0; i < m; i++) {
+            float *restrict c = base + (ptrdiff_t)i * g->ldc;
+            const float *restrict t = tmp + i * uk->NR + j;
+            const float b = (flags & ACN_UK_BIAS) ? g->bias[row + i] : 0.0f;
+            if (flags & ACN_UK_ACCUM)
+                for (int u = 0; u < len; u++) c[u] += t[u];
+            else
+                for (int u = 0; u < len; u++) c[u] = t[u];
+            if (flags & ACN_UK_BIAS)
+                for (int u = 0; u < len; u++) c[u] += b;
+            if (flags & ACN_UK_RELU)
+                for (int u = 0; u < len; u++) c[u] = acn_relu1(c[u]);
+        }
+        j += len;
+    }
 }
 
-int acn_sgemm(const acn_gemm_args *g)
+/* Column bias (plain GEMM callers): added after the tile is final. */
+static void col_bias_relu(const acn_gemm_plan *g, int row, int col, int m, int n)
 {
-    const int M = g->M, N = g->N, K = g->K;
-    if (M <= 0 || N <= 0)
-        return ACN_OK;
-    if (K <= 0) {
-        for (int i = 0; i < M; i++)
-            memset(g->C + (ptrdiff_t)i * g->ldc, 0, (size_t)N * sizeof(float));
-        epilogue(g->C, g->ldc, M, N, 0, 0, g->bias, g->bias ? g->bias_mode : ACN_BIAS_NONE, g->relu);
-        return ACN_OK;
+    for (int j = 0; j < n; j++) {
+        float *c = col_ptr(g, col + j) + (ptrdiff_t)row * g->ldc;
+        for (int i = 0; i < m; i++) {
+            float v = c[(ptrdiff_t)i * g->ldc] + g->bias[col + j];
+            c[(ptrdiff_t)i * g->ldc] = g->relu ? acn_relu1(v) : v;
+        }
     }
-    const acn_ukernel *uk = acn_active_ukernel();
-    const int MR = uk->MR, NR = uk->NR;
+}
+
+int acn_gemm_range(const acn_gemm_plan *g, int j0, int j1)
+{
+    const acn_ukernel *uk = g->uk;
+    const int MR = uk->MR, NR = uk->NR, M = g->M, K = g->K;
+    if (j1 <= j0 || M <= 0)
+        return ACN_OK;
     if (MR * NR > MAX_TILE)
         return ACN_EINVAL;
-    const int MC = round_up(min_int(MC_TARGET, M), MR);
-    const int NC = round_up(min_int(NC_TARGET, N), NR);
-    const int kc_max = min_int(KC, K);
-    float *pack_a = acn_thread_buffer(ACN_TLS_PACK_A, (size_t)MC * kc_max);
-    float *pack_b = acn_thread_buffer(ACN_TLS_PACK_B, (size_t)NC * kc_max);
-    if (pack_a == NULL || pack_b == NULL)
-        return ACN_ENOMEM;
     const int bias_mode = g->bias ? g->bias_mode : ACN_BIAS_NONE;
-    const int nt = acn_get_num_threads();
-
-#pragma omp parallel num_threads(nt) if (nt > 1)
-    for (int jc = 0; jc < N; jc += NC) {
-        const int nc = min_int(NC, N - jc);
+    if (K <= 0) {
+        for (int j = j0; j < j1; j++) {
+            float *c = col_ptr(g, j);
+            for (int i = 0; i < M; i++) {
+                float v = bias_mode == ACN_BIAS_ROW ? g->bias[i] : bias_mode == ACN_BIAS_COL ? g->bias[j] : 0.0f;
+                c[(ptrdiff_t)i * g->ldc] = g->relu ? acn_relu1(v) : v;
+            }
+        }
+        return ACN_OK;
+    }
+    const int kc_max = min_int(KC, K);
+    const int ncb = min_int(NCB / NR * NR, (j1 - j0 + NR - 1) / NR * NR);   /* whole panels */
+    float *pack_b = acn_thread_buffer(ACN_TLS_PACK_B, (size_t)ncb * kc_max);
+    if (pack_b == NULL)
+        return ACN_ENOMEM;
+    const int panels_a = (M + MR - 1) / MR;
+    for (int jc = j0; jc < j1; jc += ncb) {
+        const int nc = min_int(ncb, j1 - jc);
         const int panels_b = (nc + NR - 1) / NR;
         for (int pc = 0; pc < K; pc += KC) {
             const int kc = min_int(KC, K - pc);
-            const int accumulate = pc > 0, last = pc + kc >= K;
-#pragma omp for schedule(static)
+            const int last = pc + kc >= K;
+            int flags = pc > 0 ? ACN_UK_ACCUM : 0;
+            if (last && bias_mode == ACN_BIAS_ROW) flags |= ACN_UK_BIAS;
+            if (last && g->relu && bias_mode != ACN_BIAS_COL) flags |= ACN_UK_RELU;
             for (int pb = 0; pb < panels_b; pb++)
                 g->pack_b(pack_b + (size_t)pb * kc * NR, g->b_ctx, pc, kc, jc + pb * NR,
-                          min_int(NR, N - jc - pb * NR), NR);
-            for (int ic = 0; ic < M; ic += MC) {
-                const int mc = min_int(MC, M - ic);
-                const int panels_a = (mc + MR - 1) / MR;
-#pragma omp for schedule(static)
-                for (int pa = 0; pa < panels_a; pa++)
-                    pack_a_panel(pack_a + (size_t)pa * kc * MR, g->A, g->rsa, g->csa,
-                                 ic + pa * MR, min_int(MR, M - ic - pa * MR), pc, kc, MR);
-#pragma omp for collapse(2) schedule(static)
-                for (int jr = 0; jr < panels_b; jr++) {
-                    for (int ir = 0; ir < panels_a; ir++) {
-                        const int row = ic + ir * MR, col = jc + jr * NR;
-                        const int m = min_int(MR, M - row), n = min_int(NR, N - col);
-                        float *c = g->C + (ptrdiff_t)row * g->ldc + col;
-                        run_tile(uk, kc, pack_a + (size_t)ir * kc * MR, pack_b + (size_t)jr * kc * NR,
-                                 c, g->ldc, m, n, accumulate);
-                        if (last && (bias_mode != ACN_BIAS_NONE || g->relu))
-                            epilogue(c, g->ldc, m, n, row, col, g->bias, bias_mode, g->relu);
+                          min_int(NR, nc - pb * NR), NR);
+            /* B micro-panel (kc x NR, 32 KB) stays in L1 while the A panels
+             * (the weights, M x kc) stream from L2 past it. */
+            for (int jr = 0; jr < panels_b; jr++) {
+                const int col = jc + jr * NR, n = min_int(NR, nc - jr * NR);
+                const float *pb = pack_b + (size_t)jr * kc * NR;
+                const int s = col / g->seg_cols, q = col - s * g->seg_cols;
+                const int direct = n == NR && q + NR <= g->seg_cols;
+                for (int ir = 0; ir < panels_a; ir++) {
+                    const int row = ir * MR, m = min_int(MR, M - row);
+                    const float *pa = g->pa + ((size_t)ir * K + pc) * MR;
+                    if (direct && m == MR) {
+                        float *c = g->C + (ptrdiff_t)s * g->seg_stride + (ptrdiff_t)row * g->ldc + q;
+                        uk->kernel(kc, pa, pb, c, g->ldc, flags, g->bias ? g->bias + row : NULL);
+                    } else {
+                        edge_tile(g, kc, pa, pb, row, col, m, n, flags);
                     }
+                    if (last && bias_mode == ACN_BIAS_COL)
+                        col_bias_relu(g, row, col, m, n);
                 }
             }
         }
@@ -145,14 +176,45 @@ int acn_sgemm(const acn_gemm_args *g)
     return ACN_OK;
 }
 
+int acn_gemm_parallel(const acn_gemm_plan *g, int nt)
+{
+    const int NR = g->uk->NR;
+    const int panels = (g->N + NR - 1) / NR;
+    if (nt > panels)
+        nt = panels;
+    if (nt < 1)
+        nt = 1;
+    int status = ACN_OK;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        const int t = omp_get_thread_num(), nth = omp_get_num_threads();
+        const int p0 = (int)((long long)panels * t / nth), p1 = (int)((long long)panels * (t + 1) / nth);
+        const int j0 = p0 * NR, j1 = min_int(p1 * NR, g->N);
+        int st = acn_gemm_range(g, j0, j1);
+        if (st != ACN_OK) {
+#pragma omp atomic write
+            status = st;
+        }
+    }
+    return status;
+}
+
 int sgemm_cpu(float *C, ptrdiff_t ldc,
               const float *A, ptrdiff_t rsa, ptrdiff_t csa,
               const float *B, ptrdiff_t rsb, ptrdiff_t csb,
               int M, int N, int K, const float *bias, int bias_mode, int relu)
 {
+    if (M <= 0 || N <= 0)
+        return ACN_OK;
+    const acn_ukernel *uk = acn_active_ukernel();
+    float *pa = acn_thread_buffer(ACN_TLS_PACK_A, acn_packed_a_floats(M, K > 0 ? K : 1, uk->MR));
+    if (pa == NULL)
+        return ACN_ENOMEM;
+    if (K > 0)
+        acn_pack_a(pa, A, rsa, csa, M, K, uk->MR);
     acn_strided_b b = {B, rsb, csb};
-    acn_gemm_args g = {A, rsa, csa, acn_pack_b_strided, &b, C, ldc, M, N, K, bias, bias_mode, relu};
-    return acn_sgemm(&g);
+    acn_gemm_plan g = {uk, pa, M, N, K, acn_pack_b_strided, &b, C, ldc, N, 0, bias, bias_mode, relu};
+    return acn_gemm_parallel(&g, acn_get_num_threads());
 }
 
 int sgemm_naive(float *C, ptrdiff_t ldc,

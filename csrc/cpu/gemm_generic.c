@@ -4,7 +4,8 @@
 
 enum { MR = 4, NR = 16 };
 
-static void ukernel_generic(int kc, const float *a, const float *b, float *c, ptrdiff_t ldc, int accumulate)
+static void ukernel_generic(int kc, const float *a, const float *b, float *c, ptrdiff_t ldc,
+                            int flags, const float *bias)
 {
     float acc[MR][NR] = {{0}};
     for (int k = 0; k < kc; k++) {
@@ -15,11 +16,18 @@ static void ukernel_generic(int kc, const float *a, const float *b, float *c, pt
                 acc[i][j] += ai * bk[j];
         }
     }
-    for (int i = 0; i < MR; i++)
-        for (int j = 0; j < NR; j++)
-            c[(ptrdiff_t)i * ldc + j] = accumulate ? c[(ptrdiff_t)i * ldc + j] + acc[i][j] : acc[i][j];
+    for (int i = 0; i < MR; i++) {
+        float *ci = c + (ptrdiff_t)i * ldc;
+        for (int j = 0; j < NR; j++) {
+            float v = acc[i][j];
+            if (flags & ACN_UK_ACCUM) v += ci[j];
+            if (flags & ACN_UK_BIAS) v += bias[i];
+            if (flags & ACN_UK_RELU) v = acn_relu1(v);
+            ci[j] = v;
+        }
+    }
 }
 
-static const acn_ukernel generic_kernel = {MR, NR, ukernel_generic};
+static const acn_ukernel generic_kernel = {MR, NR, ukernel_generic, ACN_ISA_GENERIC};
 
 const acn_ukernel *acn_ukernel_generic(void) { return &generic_kernel; }

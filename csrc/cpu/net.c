@@ -49,6 +49,10 @@ struct acn_net {
     int variant, num_classes;
     const acn_variant_spec *spec;
     const float *w[ACN_NUM_WEIGHTS];
+    /* Conv weights packed once for packed_uk's MR (~9 MB); the FC weights are
+     * used in place. If the ISA is switched later, conv packs per call. */
+    const acn_ukernel *packed_uk;
+    float *packed[ACN_NUM_CONV];
     pthread_mutex_t arena_lock;
     float *arena;
     size_t arena_floats;
@@ -71,6 +75,21 @@ acn_net *net_create_cpu(int variant, int num_classes, const float *const weights
     net->num_classes = num_classes;
     net->spec = s;
     memcpy(net->w, weights, sizeof net->w);
+    net->packed_uk = acn_active_ukernel();
+    for (int l = 0, C = 3; l < ACN_NUM_CONV; l++) {
+        const acn_conv_spec *c = &s->conv[l];
+        const size_t floats = acn_conv_packed_floats(C, c->out_c, c->k, c->k, 1, net->packed_uk->MR);
+        net->packed[l] = aligned_alloc(64, (floats * sizeof(float) + 63) & ~(size_t)63);
+        if (net->packed[l] == NULL) {
+            for (int j = 0; j < l; j++)
+                free(net->packed[j]);
+            free(net);
+            *status = ACN_ENOMEM;
+            return NULL;
+        }
+        acn_conv_pack_weights(net->packed[l], weights[2 * l], C, c->out_c, c->k, c->k, 1, net->packed_uk->MR);
+        C = c->out_c;
+    }
     pthread_mutex_init(&net->arena_lock, NULL);
     *status = ACN_OK;
     return net;
@@ -81,6 +100,8 @@ void net_destroy_cpu(acn_net *net)
     if (net == NULL)
         return;
     pthread_mutex_destroy(&net->arena_lock);
+    for (int l = 0; l < ACN_NUM_CONV; l++)
+        free(net->packed[l]);
     free(net->arena);
     free(net);
 }
@@ -138,12 +159,20 @@ static int run_layers(const acn_net *net, float *out, const float *inp, int N, i
     const acn_variant_spec *s = net->spec;
     float *buf[2] = {arena, arena + half};
     int which = 0, C = 3, st;
+    const acn_ukernel *uk = acn_active_ukernel();
     const float *src = inp;
     for (int l = 0; l < ACN_NUM_CONV; l++) {
         const acn_conv_spec *c = &s->conv[l];
         float *dst = buf[which];
-        st = conv2d_forward_cpu(dst, src, net->w[2 * l], net->w[2 * l + 1], N, C, H, W, c->out_c,
-                                c->k, c->k, c->stride, c->stride, c->pad, c->pad, 1, 1, NULL);
+        /* The other half of the arena is free unless it holds the input. */
+        float *spare = buf[which ^ 1];
+        float *work = (src != spare && acn_conv_phase_floats(N, C, H, W, c->stride, c->pad, c->pad) <= half) ? spare : NULL;
+        if (uk == net->packed_uk)
+            st = acn_conv2d_packed(dst, src, net->packed[l], uk, net->w[2 * l + 1], N, C, H, W, c->out_c,
+                                   c->k, c->k, c->stride, c->stride, c->pad, c->pad, 1, 1, work);
+        else
+            st = conv2d_forward_cpu(dst, src, net->w[2 * l], net->w[2 * l + 1], N, C, H, W, c->out_c,
+                                    c->k, c->k, c->stride, c->stride, c->pad, c->pad, 1, 1, NULL);
         if (st != ACN_OK)
             return st;
         C = c->out_c;

@@ -1,0 +1,448 @@
+"""CPU benchmark: alexnet_c against PyTorch (oneDNN), measured side by side.
+
+    python -m alexnet_c bench [--quick] [--plot layers.png]     (or benchmarks/bench_cpu.py)
+
+What it prints, per variant (torchvision 224x224, original 227x227) and batch size:
+whole-network milliseconds, images/s, the time ratio to PyTorch (alternating runs in
+this one process, medians), the fraction of this machine's fp32 FMA peak and, at
+batch 1, the roofline (conv FLOPs at the FMA peak + FC weight bytes at the read
+bandwidth); then a per-layer table of both libraries' ops (alexnet_c.conv2d etc. vs
+torch.nn.functional) and the "lightness" figures (peak RSS of a load-and-run job,
+import time, load time), each measured in fresh subprocesses. Everything also goes
+to a JSON file (benchmarks/results/cpu_latest.json by default) for later comparison.
+
+Machine figures:
+- FMA peak: acn_measure_fma_peak, a C loop of 24 independent fp32 FMA chains on the
+  active ISA (AVX-512 here), run on the benchmark's thread count, best of 5.
+- Read bandwidth: acn_measure_read_bw, a vectorised streaming sum over a 512 MiB
+  buffer (far larger than the L3), same threads, best of 3.
+Both are C functions of the extension (alexnet_c._C.measure_fma_peak / measure_read_bw).
+
+torch is imported only when the benchmark runs, never by `import alexnet_c`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+# (in_c, out_c, kernel, stride, pad, pool_after) as in csrc/cpu/net.c
+_CONVS = {
+    "torchvision": [(3, 64, 11, 4, 2, 1), (64, 192, 5, 1, 2, 1), (192, 384, 3, 1, 1, 0),
+                    (384, 256, 3, 1, 1, 0), (256, 256, 3, 1, 1, 1)],
+    "original": [(3, 96, 11, 4, 0, 1), (96, 256, 5, 1, 2, 1), (256, 384, 3, 1, 1, 0),
+                 (384, 384, 3, 1, 1, 0), (384, 256, 3, 1, 1, 1)],
+}
+_SIZE = {"torchvision": 224, "original": 227}
+_FCS = [(9216, 4096), (4096, 4096), (4096, 1000)]
+
+
+# ---------------------------------------------------------------- layer plan
+
+def layer_plan(variant: str, hw: int) -> List[dict]:
+    """Every layer with its input shape (per image) and multiply-add count per image."""
+    layers, C, H = [], 3, hw
+    for i, (c, oc, k, s, p, pool) in enumerate(_CONVS[variant], 1):
+        OH = (H + 2 * p - k) // s + 1
+        layers.append(dict(name=f"conv{i}", kind="conv", in_shape=(C, H, H), weight=(oc, c, k, k),
+                           stride=s, pad=p, macs=oc * OH * OH * c * k * k))
+        layers.append(dict(name=f"relu{i}", kind="relu", in_shape=(oc, OH, OH), macs=0))
+        C, H = oc, OH
+        if pool:
+            layers.append(dict(name=f"pool{i}", kind="pool", in_shape=(C, H, H), macs=0))
+            H = (H - 3) // 2 + 1
+    if variant == "torchvision":
+        layers.append(dict(name="avgpool", kind="avgpool", in_shape=(C, H, H), macs=0))
+    for i, (a, b) in enumerate(_FCS, 1):
+        layers.append(dict(name=f"fc{i}", kind="fc", in_shape=(a,), weight=(b, a), macs=a * b))
+        if i < 3:
+            layers.append(dict(name=f"fc_relu{i}", kind="relu", in_shape=(b,), macs=0))
+    return layers
+
+
+def model_macs(variant: str, hw: int) -> Tuple[int, int, int]:
+    """(total, conv, fc) multiply-adds per image."""
+    plan = layer_plan(variant, hw)
+    conv = sum(l["macs"] for l in plan if l["kind"] == "conv")
+    fc = sum(l["macs"] for l in plan if l["kind"] == "fc")
+    return conv + fc, conv, fc
+
+
+# ---------------------------------------------------------------- machine
+
+def measure_fma_peak(threads: int) -> Tuple[float, str]:
+    """(GFLOP/s, method) of `threads` threads doing fp32 FMAs."""
+    from . import _C
+    return _C.measure_fma_peak(threads, 1.0), "C FMA loop (24 independent chains, active ISA), best of 5"
+
+
+def measure_read_bw(threads: int, mib: int = 512) -> Tuple[float, str]:
+    """(GB/s, method) of `threads` threads streaming through a buffer far larger than the caches."""
+    from . import _C
+    buf = np.ones(mib << 18, dtype=np.float32)
+    return _C.measure_read_bw(buf, 3, threads), f"C streaming sum over {mib} MiB, best of 3"
+
+
+# ---------------------------------------------------------------- timing
+
+def _time(fn, reps: int) -> List[float]:
+    out = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def alternate(ours, theirs, reps: int, warmup: int = 1) -> Tuple[float, float]:
+    """Median seconds of ours() and theirs(), run alternately."""
+    for _ in range(warmup):
+        ours()
+        theirs()
+    a, b = [], []
+    for _ in range(reps):
+        a += _time(ours, 1)
+        b += _time(theirs, 1)
+    return float(np.median(a)), float(np.median(b))
+
+
+class _OriginalAlexNet:
+    """The DESIGN.md "original" layout as a torch module (built lazily: torch import)."""
+
+    @staticmethod
+    def build(num_classes: int = 1000):
+        import torch
+        from torch import nn
+
+        class OriginalAlexNet(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.features = nn.Sequential(
+                    nn.Conv2d(3, 96, 11, stride=4, padding=0), nn.ReLU(), nn.MaxPool2d(3, 2),
+                    nn.Conv2d(96, 256, 5, stride=1, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
+                    nn.Conv2d(256, 384, 3, stride=1, padding=1), nn.ReLU(),
+                    nn.Conv2d(384, 384, 3, stride=1, padding=1), nn.ReLU(),
+                    nn.Conv2d(384, 256, 3, stride=1, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2))
+                self.classifier = nn.Sequential(
+                    nn.Linear(256 * 6 * 6, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(),
+                    nn.Linear(4096, num_classes))
+
+            def forward(self, x):
+                x = torch.flatten(self.features(x), 1)
+                return torch.nn.functional.log_softmax(self.classifier(x), dim=1)
+
+        return OriginalAlexNet()
+
+
+def build_models(variant: str, seed: int = 0):
+    import torch
+    import alexnet_c as ac
+    ours = ac.AlexNet(num_classes=1000, variant=variant, seed=seed)
+    if variant == "torchvision":
+        import torchvision
+        theirs = torchvision.models.alexnet()
+    else:
+        theirs = _OriginalAlexNet.build()
+    theirs.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in ours.state_dict().items()})
+    return ours, theirs.eval()
+
+
+def bench_network(variant: str, batch: int, reps: int, peak: float, bw: float) -> dict:
+    import torch
+    ours, theirs = build_models(variant)
+    hw = _SIZE[variant]
+    x = np.random.default_rng(0).random((batch, 3, hw, hw), dtype=np.float32)
+    xt = torch.from_numpy(x)
+
+    def run_theirs():
+        with torch.no_grad():
+            theirs(xt)
+
+    t_ours, t_theirs = alternate(lambda: ours(x), run_theirs, reps, warmup=2 if batch == 1 else 1)
+    total, conv, fc = model_macs(variant, hw)
+    flops = 2.0 * total * batch
+    r = dict(variant=variant, batch=batch, reps=reps, ours_ms=t_ours * 1e3, torch_ms=t_theirs * 1e3,
+             ours_img_s=batch / t_ours, torch_img_s=batch / t_theirs, time_ratio=t_ours / t_theirs,
+             speedup=t_theirs / t_ours, gflop_per_image=2.0 * total / 1e9,
+             ours_pct_peak=100.0 * flops / t_ours / 1e9 / peak,
+             torch_pct_peak=100.0 * flops / t_theirs / 1e9 / peak)
+    if batch == 1:
+        roof = 2.0 * conv / (peak * 1e9) + 4.0 * fc / (bw * 1e9)
+        r.update(roofline_ms=roof * 1e3, ours_over_roofline=t_ours / roof)
+    return r
+
+
+def bench_layers(variant: str, batch: int, reps: int, peak: float) -> List[dict]:
+    """Each layer alone: alexnet_c's op (NumPy in/out) vs torch.nn.functional, alternating."""
+    import torch
+    import torch.nn.functional as F
+    import alexnet_c as ac
+    rng = np.random.default_rng(0)
+    rows = []
+    for l in layer_plan(variant, _SIZE[variant]):
+        x = rng.standard_normal((batch,) + l["in_shape"], dtype=np.float32)
+        xt = torch.from_numpy(x)
+        if l["kind"] in ("conv", "fc"):
+            w = (rng.standard_normal(l["weight"], dtype=np.float32) * 0.01)
+            b = np.zeros(l["weight"][0], np.float32)
+            wt, bt = torch.from_numpy(w), torch.from_numpy(b)
+        kind = l["kind"]
+        if kind == "conv":
+            s, p = l["stride"], l["pad"]
+            ours = lambda: ac.conv2d(x, w, b, s, p)                                   # noqa: E731
+            theirs = lambda: F.conv2d(xt, wt, bt, s, p)                               # noqa: E731
+        elif kind == "fc":
+            ours = lambda: ac.linear(x, w, b)                                         # noqa: E731
+            theirs = lambda: F.linear(xt, wt, bt)                                     # noqa: E731
+        elif kind == "relu":
+            ours = lambda: ac.relu(x)                                                 # noqa: E731
+            theirs = lambda: F.relu(xt)                                               # noqa: E731
+        elif kind == "pool":
+            ours = lambda: ac.max_pool2d(x, 3, 2)                                     # noqa: E731
+            theirs = lambda: F.max_pool2d(xt, 3, 2)                                   # noqa: E731
+        else:
+            ours = lambda: ac.adaptive_avg_pool2d(x, (6, 6))                          # noqa: E731
+            theirs = lambda: F.adaptive_avg_pool2d(xt, (6, 6))                        # noqa: E731
+        with torch.no_grad():
+            a, t = alternate(ours, theirs, reps)
+        flops = 2.0 * l["macs"] * batch
+        row = dict(layer=l["name"], ours_ms=a * 1e3, torch_ms=t * 1e3, ratio=a / t)
+        if flops:
+            row.update(ours_gflops=flops / a / 1e9, torch_gflops=flops / t / 1e9,
+                       ours_pct_peak=100.0 * flops / a / 1e9 / peak,
+                       torch_pct_peak=100.0 * flops / t / 1e9 / peak)
+        if kind == "fc":
+            row["ours_weight_gbs"] = 4.0 * l["macs"] / a / 1e9
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------- lightness
+
+_RSS_OURS = r"""
+import sys, numpy as np
+import alexnet_c as ac
+ac.set_num_threads({threads})
+m = ac.load(sys.argv[1])
+x = np.random.default_rng(0).random(({batch}, 3, 224, 224), dtype=np.float32)
+m(x)
+print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])
+"""
+
+_RSS_TORCH = r"""
+import sys, numpy as np, torch, torchvision
+torch.set_num_threads({threads})
+m = torchvision.models.alexnet()
+m.load_state_dict(torch.load(sys.argv[1], map_location='cpu', weights_only=True))
+m.eval()
+x = torch.from_numpy(np.random.default_rng(0).random(({batch}, 3, 224, 224), dtype=np.float32))
+with torch.no_grad():
+    m(x)
+print([l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1])
+"""
+
+_IMPORT = r"""
+import time
+t = time.perf_counter()
+import alexnet_c
+print(time.perf_counter() - t)
+"""
+
+_LOAD_OURS = r"""
+import sys, time
+import alexnet_c as ac
+t = time.perf_counter()
+m = ac.load(sys.argv[1])
+print(time.perf_counter() - t)
+"""
+
+_LOAD_TORCH = r"""
+import sys, time, torch, torchvision
+m = torchvision.models.alexnet()
+t = time.perf_counter()
+m.load_state_dict(torch.load(sys.argv[1], map_location='cpu', weights_only=True))
+print(time.perf_counter() - t)
+"""
+
+
+def _run_py(code: str, *args: str) -> float:
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env,
+                         check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def make_checkpoint(directory: str) -> str:
+    """A torchvision AlexNet state dict saved by torch.save (~233 MB)."""
+    import torch
+    import torchvision
+    path = os.path.join(directory, "alexnet_tv.pth")
+    torch.save(torchvision.models.alexnet().state_dict(), path)
+    return path
+
+
+def bench_lightness(checkpoint: Optional[str], threads: int, batch: int, reps: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = checkpoint or make_checkpoint(tmp)
+        rss_ours = _run_py(_RSS_OURS.format(threads=threads, batch=batch), path) / 1024.0
+        rss_torch = _run_py(_RSS_TORCH.format(threads=threads, batch=batch), path) / 1024.0
+        imports = [_run_py(_IMPORT) for _ in range(reps)]
+        load_ours, load_torch = [], []
+        for _ in range(reps):   # alternating, file in the page cache after the first
+            load_ours.append(_run_py(_LOAD_OURS, path))
+            load_torch.append(_run_py(_LOAD_TORCH, path))
+        size = os.path.getsize(path)
+    return dict(checkpoint_mb=size / 1e6, batch=batch,
+                rss_ours_mb=rss_ours, rss_torch_mb=rss_torch, rss_ratio=rss_ours / rss_torch,
+                import_s=float(np.median(imports)), load_ours_s=float(np.median(load_ours)),
+                load_torch_s=float(np.median(load_torch)),
+                load_ratio=float(np.median(load_ours)) / float(np.median(load_torch)))
+
+
+# ---------------------------------------------------------------- report
+
+def _fmt_net(r: dict) -> str:
+    s = (f"{r['variant']:<12} {r['batch']:>5} {r['ours_ms']:>10.2f} {r['torch_ms']:>10.2f} "
+         f"{r['ours_img_s']:>9.1f} {r['torch_img_s']:>9.1f} {r['time_ratio']:>6.2f} "
+         f"{r['ours_pct_peak']:>6.1f}% {r['torch_pct_peak']:>6.1f}%")
+    if "roofline_ms" in r:
+        s += f"  roofline {r['roofline_ms']:.2f} ms (x{r['ours_over_roofline']:.2f})"
+    return s
+
+
+def _fmt_layers(rows: List[dict]) -> str:
+    lines = [f"  {'layer':<10} {'ours ms':>9} {'torch ms':>9} {'ratio':>6} {'ours GF/s':>10} "
+             f"{'torch GF/s':>10} {'ours %pk':>9} {'torch %pk':>9}"]
+    for r in rows:
+        extra = ""
+        if "ours_gflops" in r:
+            extra = (f"{r['ours_gflops']:>10.1f} {r['torch_gflops']:>10.1f} {r['ours_pct_peak']:>8.1f}% "
+                     f"{r['torch_pct_peak']:>8.1f}%")
+        if "ours_weight_gbs" in r:
+            extra += f"  ({r['ours_weight_gbs']:.1f} GB/s weights)"
+        lines.append(f"  {r['layer']:<10} {r['ours_ms']:>9.3f} {r['torch_ms']:>9.3f} {r['ratio']:>6.2f} {extra}")
+    tot_o = sum(r["ours_ms"] for r in rows)
+    tot_t = sum(r["torch_ms"] for r in rows)
+    lines.append(f"  {'sum':<10} {tot_o:>9.3f} {tot_t:>9.3f} {tot_o / tot_t:>6.2f}")
+    return "\n".join(lines)
+
+
+def _default_json() -> str:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.join(root, "benchmarks", "results", "cpu_latest.json")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="alexnet-c bench",
+                                description="alexnet_c vs PyTorch on the CPU, measured side by side")
+    p.add_argument("--quick", action="store_true",
+                   help="fewer repetitions, torchvision only, per-layer table at batch 1 only, no lightness")
+    p.add_argument("--threads", type=int, default=2, help="threads for both libraries (default 2)")
+    p.add_argument("--variants", default=None, help="comma list: torchvision,original (default both)")
+    p.add_argument("--batches", default="1,64", help="comma list of batch sizes (default 1,64)")
+    p.add_argument("--reps", type=int, default=None, help="timed runs per batch (default 20 at batch 1, 5 else)")
+    p.add_argument("--no-layers", action="store_true", help="skip the per-layer tables")
+    p.add_argument("--layer-batches", default=None, help="batch sizes for the per-layer tables (default: --batches)")
+    p.add_argument("--no-lightness", action="store_true", help="skip RSS / import / load measurements")
+    p.add_argument("--checkpoint", default=None, help="torchvision .pth for the lightness runs "
+                                                        "(default: a fresh one in a temp dir)")
+    p.add_argument("--json", default=_default_json(), help="where to write the results ('' for nowhere)")
+    p.add_argument("--plot", default=None, metavar="PNG", help="per-layer bar chart (needs matplotlib)")
+    args = p.parse_args(argv)
+
+    import torch
+    import alexnet_c as ac
+    torch.set_num_threads(args.threads)
+    ac.set_num_threads(args.threads)
+    variants = (args.variants.split(",") if args.variants
+                else (["torchvision"] if args.quick else ["torchvision", "original"]))
+    batches = [int(b) for b in args.batches.split(",")]
+    layer_batches = ([int(b) for b in args.layer_batches.split(",")] if args.layer_batches
+                     else ([1] if args.quick else batches))
+
+    peak, peak_how = measure_fma_peak(args.threads)
+    bw, bw_how = measure_read_bw(args.threads)
+    isa = ac.cpu_isa()
+    print(f"alexnet_c {ac.__version__} (ISA {isa[0]}), torch {torch.__version__}, threads {args.threads}")
+    print(f"FMA peak {peak:.1f} GFLOP/s [{peak_how}]; read bandwidth {bw:.1f} GB/s [{bw_how}]")
+    for v in variants:
+        total, conv, fc = model_macs(v, _SIZE[v])
+        print(f"{v} {_SIZE[v]}x{_SIZE[v]}: {total:,} multiply-adds/image = {2 * total / 1e9:.4f} GFLOP "
+              f"(conv {2 * conv / 1e9:.4f}, fc {2 * fc / 1e9:.4f}); fc weights {4 * fc / 1e6:.1f} MB")
+
+    results = dict(time=time.strftime("%Y-%m-%d %H:%M:%S"), threads=args.threads, isa=isa[0],
+                   torch=torch.__version__, peak_gflops=peak, peak_method=peak_how,
+                   read_bw_gbs=bw, bw_method=bw_how, networks=[], layers={}, lightness=None)
+    print()
+    print(f"{'variant':<12} {'batch':>5} {'ours ms':>10} {'torch ms':>10} {'ours i/s':>9} {'torch i/s':>9} "
+          f"{'ratio':>6} {'ours%pk':>7} {'torch%pk':>8}")
+    for v in variants:
+        for n in batches:
+            reps = args.reps or ((8 if args.quick else 20) if n == 1 else (3 if args.quick else 5))
+            r = bench_network(v, n, reps, peak, bw)
+            results["networks"].append(r)
+            print(_fmt_net(r), flush=True)
+
+    plot_rows = None
+    if not args.no_layers:
+        for v in variants:
+            for n in layer_batches:
+                reps = args.reps or ((5 if args.quick else 20) if n == 1 else (2 if args.quick else 5))
+                rows = bench_layers(v, n, reps, peak)
+                results["layers"][f"{v}/{n}"] = rows
+                print(f"\nper layer, {v}, batch {n} (ops API, alternating, median of {reps}):")
+                print(_fmt_layers(rows), flush=True)
+                if plot_rows is None:
+                    plot_rows = [(r["layer"], r["ours_ms"], r["torch_ms"]) for r in rows]
+
+    if not (args.no_lightness or args.quick):
+        li = bench_lightness(args.checkpoint, args.threads, 64, 3)
+        results["lightness"] = li
+        print(f"\nlightness (checkpoint {li['checkpoint_mb']:.0f} MB, load + batch {li['batch']}, subprocesses):")
+        print(f"  peak RSS   ours {li['rss_ours_mb']:.0f} MB, torch {li['rss_torch_mb']:.0f} MB, "
+              f"ratio {li['rss_ratio']:.2f}")
+        print(f"  import alexnet_c {li['import_s']:.3f} s")
+        print(f"  load       ours {li['load_ours_s']:.3f} s, torch.load+load_state_dict {li['load_torch_s']:.3f} s, "
+              f"ratio {li['load_ratio']:.2f}")
+
+    if args.json:
+        prev = None
+        if os.path.exists(args.json):
+            try:
+                with open(args.json) as f:
+                    prev = json.load(f)
+            except (OSError, ValueError):
+                prev = None
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+        print(f"\nwrote {args.json}")
+        if prev:
+            old = {(r["variant"], r["batch"]): r for r in prev.get("networks", [])}
+            for r in results["networks"]:
+                o = old.get((r["variant"], r["batch"]))
+                if o:
+                    print(f"  vs previous ({prev.get('time')}): {r['variant']} batch {r['batch']}: "
+                          f"ours {o['ours_ms']:.2f} -> {r['ours_ms']:.2f} ms, "
+                          f"ratio {o['time_ratio']:.2f} -> {r['time_ratio']:.2f}")
+    if args.plot and plot_rows:
+        try:
+            from .plots import plot_layer_times
+        except ImportError:
+            print("no alexnet_c.plots.plot_layer_times: --plot skipped")
+        else:
+            print(f"plot: {plot_layer_times(plot_rows, args.plot)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

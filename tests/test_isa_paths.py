@@ -1,0 +1,168 @@
+"""Every CPU ISA path (generic, avx2, avx512 where this CPU has them) against
+torch float64 and against the naive C references, at shapes that hit every tile
+edge: M, N, K not multiples of the micro-kernel tiles (4x16, 6x16, 8x48), K
+below and above the depth block, column tiles straddling two images, batch 1, 3,
+9 and 64 for the FC path, groups=2, strides and paddings. DESIGN.md's rule:
+max|ours - ref| <= 1e-4 * max|ref|."""
+import numpy as np
+import pytest
+
+import alexnet_c as ac
+from alexnet_c import _C
+
+import torch
+F = torch.nn.functional
+
+_ORDER = ["generic", "avx2", "avx512"]
+_BEST = _C.get_isa()[1]
+ISAS = _ORDER[: _ORDER.index(_BEST) + 1]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    before = _C.get_isa()[0]
+    _C.set_isa(request.param)
+    yield request.param
+    _C.set_isa(before)
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    before = ac.get_num_threads()
+    ac.set_num_threads(request.param)
+    yield request.param
+    ac.set_num_threads(before)
+
+
+def close(ours, ref, what):
+    ref = np.asarray(ref, dtype=np.float64)
+    err = float(np.max(np.abs(ours.astype(np.float64) - ref))) if ref.size else 0.0
+    tol = 1e-4 * float(np.max(np.abs(ref))) if ref.size else 0.0
+    assert ours.shape == ref.shape, f"{what}: shape {ours.shape} vs {ref.shape}"
+    assert err <= tol, f"{what}: max err {err:.3g} > tol {tol:.3g}"
+
+
+def rand(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+# (N, C, H, W, OC, K, stride, pad, groups)
+CONV_CASES = [
+    (1, 3, 35, 35, 64, 11, 4, 2, 1),      # conv1-like: stride 4, 3 channels, M=64 (12 does not divide)
+    (2, 3, 31, 31, 96, 11, 4, 0, 1),      # original conv1: no padding, 2 images
+    (1, 64, 15, 15, 192, 5, 1, 2, 1),     # K=1600 > depth block, N=225 not a multiple of 32
+    (3, 24, 13, 13, 40, 3, 1, 1, 1),      # 169 columns per image: tiles straddle images
+    (1, 5, 9, 7, 7, 3, 1, 0, 1),          # tiny: M=7, K=45 < every block, non-square
+    (2, 8, 10, 11, 20, 3, 2, 1, 2),       # groups=2, stride 2, odd output width
+    (1, 300, 5, 5, 13, 1, 1, 0, 1),       # 1x1, K=300 not a multiple of anything
+    (1, 4, 12, 12, 6, 5, 3, 2, 2),        # groups=2 with 3 output channels per group, stride 3
+    (64, 16, 6, 6, 12, 3, 1, 1, 1),       # batch 64 through the column split
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_conv2d(isa, threads, case):
+    N, C, H, W, OC, K, s, p, g = case
+    rng = np.random.default_rng(hash(case) % 2**32)
+    x, w, b = rand(rng, N, C, H, W), rand(rng, OC, C // g, K, K), rand(rng, OC)
+    ref = F.conv2d(torch.from_numpy(x).double(), torch.from_numpy(w).double(),
+                   torch.from_numpy(b).double(), s, p, 1, g).numpy()
+    ours = ac.conv2d(x, w, b, s, p, g)
+    close(ours, ref, f"conv2d {isa}")
+    naive = ac.conv2d(x, w, b, s, p, g, _naive=True)
+    close(naive, ref, "conv2d naive")
+    close(ours, naive.astype(np.float64), f"conv2d {isa} vs naive")
+
+
+def test_conv2d_no_bias(isa):
+    rng = np.random.default_rng(5)
+    x, w = rand(rng, 2, 7, 9, 9), rand(rng, 33, 7, 3, 3)
+    ref = F.conv2d(torch.from_numpy(x).double(), torch.from_numpy(w).double(), None, 1, 1).numpy()
+    close(ac.conv2d(x, w, None, 1, 1), ref, f"conv2d no bias {isa}")
+
+
+# (N, In, Out): batch 1/3/9/64 crosses the FC tiling (4 weight rows x 6 inputs) and
+# In not a multiple of 16/8 exercises the masked / scalar tails.
+LINEAR_CASES = [(1, 9216, 37), (3, 100, 7), (9, 1030, 101), (64, 333, 45), (2, 5, 3),
+                (1, 17, 1), (8, 2051, 66), (64, 1500, 130), (7, 1, 9)]
+
+
+@pytest.mark.parametrize("case", LINEAR_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_linear(isa, threads, case):
+    N, In, Out = case
+    rng = np.random.default_rng(N * 1000 + In)
+    x, w, b = rand(rng, N, In), rand(rng, Out, In), rand(rng, Out)
+    ref = F.linear(torch.from_numpy(x).double(), torch.from_numpy(w).double(),
+                   torch.from_numpy(b).double()).numpy()
+    ours = ac.linear(x, w, b)
+    close(ours, ref, f"linear {isa}")
+    naive = ac.linear(x, w, b, _naive=True)
+    close(naive, ref, "linear naive")
+
+
+def test_relu_nan_through_paths(isa):
+    # conv's fused ReLU runs only in the net; here NaN must survive the GEMM epilogue.
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    x[0, 0, 1, 1] = np.nan
+    w = np.ones((13, 1, 1, 1), np.float32)
+    out = ac.conv2d(x, w)
+    assert np.isnan(out[:, :, 1, 1]).all() and not np.isnan(out[:, :, 0, 0]).any()
+
+
+def _torch_model(variant, state):
+    import torchvision
+    from alexnet_c.bench import _OriginalAlexNet
+    m = (torchvision.models.alexnet(num_classes=10) if variant == "torchvision"
+         else _OriginalAlexNet.build(num_classes=10))
+    m.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
+    return m.double().eval()
+
+
+_REFS = {}
+
+
+def _model_and_ref(variant, hw, batch, seed):
+    """(alexnet_c model, input, torch float64 logits), computed once for all ISAs."""
+    key = (variant, hw, batch, seed)
+    if key not in _REFS:
+        m = ac.AlexNet(num_classes=10, variant=variant, seed=seed)
+        tm = _torch_model(variant, m.state_dict())
+        x = np.random.default_rng(batch).random((batch, 3, hw, hw), dtype=np.float32)
+        with torch.no_grad():
+            ref = tm(torch.from_numpy(x).double()).numpy()
+        _REFS[key] = (m, x, ref)
+    return _REFS[key]
+
+
+# Full size at batch 1; batch 3 and 9 (FC streaming vs tiled inputs) at the smallest input.
+@pytest.mark.parametrize("variant,hw,batch", [("torchvision", 224, 1), ("original", 227, 1),
+                                              ("torchvision", 67, 3), ("torchvision", 67, 9)])
+def test_whole_model(isa, variant, hw, batch):
+    m, x, ref = _model_and_ref(variant, hw, batch, 1)
+    ours = m(x)
+    close(ours, ref, f"{variant} {hw} batch {batch} {isa}")
+    assert (np.argsort(-ours, 1)[:, :5] == np.argsort(-ref, 1)[:, :5]).all()
+
+
+def test_model_survives_isa_switch():
+    # Conv weights are packed for the ISA active when the net was built; a later
+    # switch must still give right answers (per-call packing).
+    before = _C.get_isa()[0]
+    m = ac.AlexNet(num_classes=10, seed=2)
+    tm = _torch_model("torchvision", m.state_dict())
+    x = np.random.default_rng(0).random((2, 3, 99, 99), dtype=np.float32)
+    with torch.no_grad():
+        ref = tm(torch.from_numpy(x).double()).numpy()
+    try:
+        for name in ISAS:
+            _C.set_isa(name)
+            close(m(x), ref, f"after switching to {name}")
+    finally:
+        _C.set_isa(before)
+
+
+# The portable path at batch 64 is slow; the smaller batches cover it.
+@pytest.mark.parametrize("isa", [i for i in ISAS if i != "generic"], indirect=True)
+def test_batch64_model(isa):
+    m, x, ref = _model_and_ref("torchvision", 63, 64, 3)
+    close(m(x), ref, f"batch 64 {isa}")
