@@ -16,7 +16,7 @@ import os
 import sys
 import tempfile
 import time
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 
 class UsageError(Exception):
@@ -118,14 +118,10 @@ def cmd_check(args) -> int:
     import numpy as np
 
     import alexnet_c as ac
+    from .reference import torch_alexnet
     torch.manual_seed(0)
-    if args.variant == "torchvision":
-        import torchvision
-        ref_model = torchvision.models.alexnet(num_classes=args.num_classes)
-        size = args.size or 224
-    else:
-        ref_model = _original_torch_model(torch, args.num_classes)
-        size = 227
+    ref_model = torch_alexnet(args.variant, args.num_classes)
+    size = (args.size or 224) if args.variant == "torchvision" else 227
     with torch.no_grad():
         for m in ref_model.modules():
             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
@@ -160,28 +156,6 @@ def cmd_check(args) -> int:
           f"(ratio {ours_s / torch_s:.2f})")
     print("  PASS" if ok else "  FAIL")
     return 0 if ok else 1
-
-
-def _original_torch_model(torch, num_classes: int):
-    nn = torch.nn
-
-    class AlexNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.features = nn.Sequential(
-                nn.Conv2d(3, 96, 11, stride=4, padding=0), nn.ReLU(), nn.MaxPool2d(3, 2),
-                nn.Conv2d(96, 256, 5, stride=1, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-                nn.Conv2d(256, 384, 3, stride=1, padding=1), nn.ReLU(),
-                nn.Conv2d(384, 384, 3, stride=1, padding=1), nn.ReLU(),
-                nn.Conv2d(384, 256, 3, stride=1, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2))
-            self.classifier = nn.Sequential(
-                nn.Linear(256 * 6 * 6, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(),
-                nn.Linear(4096, num_classes))
-
-        def forward(self, x):
-            return torch.log_softmax(self.classifier(torch.flatten(self.features(x), 1)), dim=1)
-
-    return AlexNet()
 
 
 def cmd_bench(args) -> int:

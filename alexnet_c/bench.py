@@ -113,43 +113,12 @@ def alternate(ours, theirs, reps: int, warmup: int = 1) -> Tuple[float, float]:
     return float(np.median(a)), float(np.median(b))
 
 
-class _OriginalAlexNet:
-    """The DESIGN.md "original" layout as a torch module (built lazily: torch import)."""
-
-    @staticmethod
-    def build(num_classes: int = 1000):
-        import torch
-        from torch import nn
-
-        class OriginalAlexNet(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.features = nn.Sequential(
-                    nn.Conv2d(3, 96, 11, stride=4, padding=0), nn.ReLU(), nn.MaxPool2d(3, 2),
-                    nn.Conv2d(96, 256, 5, stride=1, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-                    nn.Conv2d(256, 384, 3, stride=1, padding=1), nn.ReLU(),
-                    nn.Conv2d(384, 384, 3, stride=1, padding=1), nn.ReLU(),
-                    nn.Conv2d(384, 256, 3, stride=1, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2))
-                self.classifier = nn.Sequential(
-                    nn.Linear(256 * 6 * 6, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(),
-                    nn.Linear(4096, num_classes))
-
-            def forward(self, x):
-                x = torch.flatten(self.features(x), 1)
-                return torch.nn.functional.log_softmax(self.classifier(x), dim=1)
-
-        return OriginalAlexNet()
-
-
 def build_models(variant: str, seed: int = 0):
     import torch
     import alexnet_c as ac
     ours = ac.AlexNet(num_classes=1000, variant=variant, seed=seed)
-    if variant == "torchvision":
-        import torchvision
-        theirs = torchvision.models.alexnet()
-    else:
-        theirs = _OriginalAlexNet.build()
+    from .reference import torch_alexnet
+    theirs = torch_alexnet(variant)
     theirs.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in ours.state_dict().items()})
     return ours, theirs.eval()
 

@@ -28,28 +28,8 @@ SYS_INFO = {"protocol_version": LEGACY_PROTOCOL, "little_endian": True,
 
 def original_alexnet(num_classes: int = 1000):
     """The single-tower 2012 layout of DESIGN.md, as a PyTorch user writes it."""
-    import torch.nn as nn
-
-    class OriginalAlexNet(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.features = nn.Sequential(
-                nn.Conv2d(3, 96, 11, stride=4, padding=0), nn.ReLU(), nn.MaxPool2d(3, 2),
-                nn.Conv2d(96, 256, 5, stride=1, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-                nn.Conv2d(256, 384, 3, stride=1, padding=1), nn.ReLU(),
-                nn.Conv2d(384, 384, 3, stride=1, padding=1), nn.ReLU(),
-                nn.Conv2d(384, 256, 3, stride=1, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2))
-            self.classifier = nn.Sequential(
-                nn.Linear(256 * 6 * 6, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(),
-                nn.Linear(4096, num_classes))
-
-        def forward(self, x):
-            import torch
-            import torch.nn.functional as F
-            x = torch.flatten(self.features(x), 1)
-            return F.log_softmax(self.classifier(x), dim=1)
-
-    return OriginalAlexNet()
+    from alexnet_c.reference import original_alexnet as build
+    return build(num_classes)
 
 
 def alexnet_state_dict(variant: str, num_classes: int = 1000, seed: int = 0):

@@ -4,39 +4,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-import torchvision
 
-
-class OriginalAlexNet(nn.Module):
-    """The "original" variant exactly as DESIGN.md writes it."""
-
-    def __init__(self, num_classes: int = 1000) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 96, 11, stride=4, padding=0), nn.ReLU(), nn.MaxPool2d(3, 2),
-            nn.Conv2d(96, 256, 5, stride=1, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-            nn.Conv2d(256, 384, 3, stride=1, padding=1), nn.ReLU(),
-            nn.Conv2d(384, 384, 3, stride=1, padding=1), nn.ReLU(),
-            nn.Conv2d(384, 256, 3, stride=1, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2))
-        self.classifier = nn.Sequential(
-            nn.Linear(256 * 6 * 6, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(),
-            nn.Linear(4096, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)
-        x = torch.flatten(x, 1)
-        x = self.classifier(x)
-        return F.log_softmax(x, dim=1)
+from alexnet_c.reference import torch_alexnet
 
 
 def make_model(variant: str, num_classes: int, seed: int = 0) -> nn.Module:
     """A seeded float32 model in eval mode with kaiming-normal weights and small random biases."""
     torch.manual_seed(seed)
-    if variant == "torchvision":
-        model = torchvision.models.alexnet(num_classes=num_classes)
-    else:
-        model = OriginalAlexNet(num_classes)
+    model = torch_alexnet(variant, num_classes)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):

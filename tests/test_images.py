@@ -1,6 +1,5 @@
 """images.preprocess/load_batch/predict/iter_predict and categories, against torchvision."""
 import functools
-import io
 import sys
 
 import numpy as np

@@ -110,10 +110,8 @@ def test_relu_nan_through_paths(isa):
 
 
 def _torch_model(variant, state):
-    import torchvision
-    from alexnet_c.bench import _OriginalAlexNet
-    m = (torchvision.models.alexnet(num_classes=10) if variant == "torchvision"
-         else _OriginalAlexNet.build(num_classes=10))
+    from alexnet_c.reference import torch_alexnet
+    m = torch_alexnet(variant, 10)
     m.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
     return m.double().eval()
 

@@ -4,7 +4,6 @@ Each test also reports the max relative error of every layer (run pytest with -s
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 import alexnet_c as ac
 from _torch_models import TOL, make_model, max_rel_err

@@ -11,32 +11,12 @@ torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 torchsummary = pytest.importorskip("torchsummary")
 from hypothesis import given, settings, strategies as st  # noqa: E402
-from torch import nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 # The package exports a function named `summary` too; take the module itself.
 S = importlib.import_module("alexnet_c.summary")
 
 
-class AlexNet(nn.Module):
-    """DESIGN.md's "original" layout, as a PyTorch user writes it."""
-
-    def __init__(self, num_classes=1000):
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 96, 11, stride=4, padding=0), nn.ReLU(), nn.MaxPool2d(3, 2),
-            nn.Conv2d(96, 256, 5, stride=1, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-            nn.Conv2d(256, 384, 3, stride=1, padding=1), nn.ReLU(),
-            nn.Conv2d(384, 384, 3, stride=1, padding=1), nn.ReLU(),
-            nn.Conv2d(384, 256, 3, stride=1, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2))
-        self.classifier = nn.Sequential(
-            nn.Linear(256 * 6 * 6, 4096), nn.ReLU(), nn.Linear(4096, 4096), nn.ReLU(),
-            nn.Linear(4096, num_classes))
-
-    def forward(self, x):
-        x = self.features(x)
-        x = torch.flatten(x, 1)
-        return F.log_softmax(self.classifier(x), dim=1)
+AlexNet = importlib.import_module("alexnet_c.reference")._original_class()
 
 
 @functools.lru_cache(maxsize=None)
