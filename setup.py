@@ -18,15 +18,18 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def find_nvcc():
-    for var in ("CUDA_HOME", "CUDA_PATH"):
-        root = os.environ.get(var)
-        if root and os.path.isfile(os.path.join(root, "bin", "nvcc")):
-            return os.path.join(root, "bin", "nvcc")
+    """(nvcc, toolkit root). The root is where lib64/libcudart_static.a lives: found
+    from CUDA_HOME / CUDA_PATH, else /usr/local/cuda, else next to an nvcc on PATH
+    (which may be a wrapper script, hence the toolkit folders are preferred)."""
+    roots = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    for root in filter(None, roots):
+        nvcc = os.path.join(root, "bin", "nvcc")
+        if os.path.isfile(nvcc):
+            return nvcc, root
     found = shutil.which("nvcc")
     if found:
-        return found
-    default = "/usr/local/cuda/bin/nvcc"
-    return default if os.path.isfile(default) else None
+        return found, os.path.dirname(os.path.dirname(os.path.realpath(found)))
+    return None, None
 
 
 def cuda_wanted():
@@ -35,18 +38,18 @@ def cuda_wanted():
         raise RuntimeError(f"ALEXNET_C_CUDA must be 0, 1 or auto, got {mode!r}")
     cu_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     if mode == "0":
-        return None, []
-    nvcc = find_nvcc()
+        return None, None, []
+    nvcc, root = find_nvcc()
     if nvcc is None:
         if mode == "1":
             raise RuntimeError("ALEXNET_C_CUDA=1 but nvcc was not found "
                                "(looked in $CUDA_HOME, $CUDA_PATH, PATH, /usr/local/cuda)")
-        return None, []
+        return None, None, []
     if not cu_sources:
         if mode == "1":
             raise RuntimeError("ALEXNET_C_CUDA=1 but csrc/cuda has no .cu sources")
-        return None, []
-    return nvcc, cu_sources
+        return None, None, []
+    return nvcc, root, cu_sources
 
 
 class BuildExtWithCuda(build_ext):
@@ -55,9 +58,8 @@ class BuildExtWithCuda(build_ext):
     A compile error stops the build: CUDA is never dropped silently."""
 
     def build_extensions(self):
-        nvcc, cu_sources = cuda_wanted()
+        nvcc, cuda_root, cu_sources = cuda_wanted()
         if nvcc:
-            cuda_root = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
             archs = [a.strip() for a in
                      os.environ.get("ALEXNET_C_CUDA_ARCHS", "75;80;86;89;90").replace(",", ";").split(";")
                      if a.strip()]
@@ -76,14 +78,17 @@ class BuildExtWithCuda(build_ext):
                 if os.path.exists(obj) and os.path.getmtime(obj) >= newest_input and not self.force:
                     continue   # up to date: nvcc is slow, skip it on rebuilds
                 cmd = [nvcc, "-c", src, "-o", obj, "-O3", "-std=c++17", "-Icsrc",
-                       "-Xcompiler", "-fPIC", "-Xcompiler", "-Wall",
+                       "-Xcompiler", "-fPIC", "-Xcompiler", "-Wall", "-Xcompiler", "-fvisibility=hidden",
                        "--expt-relaxed-constexpr", "-DALEXNET_C_WITH_CUDA"] + gencode
                 print(" ".join(cmd), flush=True)
                 subprocess.run(cmd, check=True)
             lib_dirs = [d for d in (os.path.join(cuda_root, "lib64"),
                                     os.path.join(cuda_root, "lib"),
                                     os.path.join(cuda_root, "targets", "x86_64-linux", "lib"))
-                        if os.path.isdir(d)]
+                        if os.path.isfile(os.path.join(d, "libcudart_static.a"))]
+            if not lib_dirs:
+                raise RuntimeError(f"libcudart_static.a not found under the CUDA toolkit at {cuda_root}; "
+                                   "set CUDA_HOME, or ALEXNET_C_CUDA=0 for a CPU-only build")
             for ext in self.extensions:
                 ext.extra_objects += objects
                 ext.define_macros.append(("ALEXNET_C_WITH_CUDA", "1"))

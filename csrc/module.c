@@ -104,10 +104,24 @@ static PyObject *raise_status(int st, const char *op)
         return PyErr_Format(PyExc_RuntimeError, "%s: CUDA error: %s", op, cuda_last_error());
 #endif
     case ACN_ENODEV:
+#ifdef ALEXNET_C_WITH_CUDA
+        return PyErr_Format(PyExc_RuntimeError, "%s: no usable CUDA device: %s", op, cuda_last_error());
+#else
         return PyErr_Format(PyExc_RuntimeError, "%s: no usable CUDA device", op);
+#endif
     default:
         return PyErr_Format(PyExc_RuntimeError, "%s: kernel failed with status %d", op, st);
     }
+}
+
+/* raise_status for a status that came from a CUDA call: adds the CUDA side's text. */
+static PyObject *raise_cuda_status(int st, const char *op)
+{
+#ifdef ALEXNET_C_WITH_CUDA
+    if (st == ACN_EINVAL)
+        return PyErr_Format(PyExc_ValueError, "%s: %s", op, cuda_last_error());
+#endif
+    return raise_status(st, op);
 }
 
 /* 0 when `device` can run now; else -1 with RuntimeError saying why. */
@@ -222,7 +236,7 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args)
                 PW, groups, 0, NULL);
         Py_END_ALLOW_THREADS
         if (st != ACN_OK) {
-            raise_status(st, op);
+            (device == DEV_CUDA ? raise_cuda_status : raise_status)(st, op);
             goto fail;
         }
     }
@@ -263,7 +277,7 @@ static PyObject *py_relu(PyObject *self, PyObject *args)
         Py_END_ALLOW_THREADS
     }
     if (st != ACN_OK) {
-        raise_status(st, "relu");
+        (device == DEV_CUDA ? raise_cuda_status : raise_status)(st, "relu");
         goto fail;
     }
     Py_DECREF(x);
@@ -335,7 +349,7 @@ static PyObject *py_max_pool2d(PyObject *self, PyObject *args)
         Py_END_ALLOW_THREADS
     }
     if (st != ACN_OK) {
-        raise_status(st, op);
+        (device == DEV_CUDA ? raise_cuda_status : raise_status)(st, op);
         goto fail;
     }
     Py_DECREF(x);
@@ -382,7 +396,7 @@ static PyObject *py_adaptive_avg_pool2d(PyObject *self, PyObject *args)
         Py_END_ALLOW_THREADS
     }
     if (st != ACN_OK) {
-        raise_status(st, op);
+        (device == DEV_CUDA ? raise_cuda_status : raise_status)(st, op);
         goto fail;
     }
     Py_DECREF(x);
@@ -439,7 +453,7 @@ static PyObject *py_linear(PyObject *self, PyObject *args)
         Py_END_ALLOW_THREADS
     }
     if (st != ACN_OK) {
-        raise_status(st, op);
+        (device == DEV_CUDA ? raise_cuda_status : raise_status)(st, op);
         goto fail;
     }
     Py_DECREF(x);
@@ -496,7 +510,7 @@ static PyObject *py_softmax(PyObject *self, PyObject *args)
         Py_END_ALLOW_THREADS
     }
     if (st != ACN_OK) {
-        raise_status(st, op);
+        (device == DEV_CUDA ? raise_cuda_status : raise_status)(st, op);
         goto fail;
     }
     Py_DECREF(x);
@@ -673,7 +687,7 @@ static PyObject *Net_forward(NetObject *self, PyObject *x_obj)
             Py_END_ALLOW_THREADS
         }
         if (st != ACN_OK) {
-            raise_status(st, op);
+            (self->device == DEV_CUDA ? raise_cuda_status : raise_status)(st, op);
             goto fail;
         }
     }
@@ -705,7 +719,7 @@ static PyObject *Net_to_device(NetObject *self, PyObject *arg)
         net = net_create_cuda(self->variant, self->num_classes, ptrs, &st);
         Py_END_ALLOW_THREADS
         if (net == NULL)
-            return raise_status(st == ACN_OK ? ACN_ECUDA : st, "AlexNet.to");
+            return raise_cuda_status(st == ACN_OK ? ACN_ECUDA : st, "AlexNet.to");
         self->cuda = net;
     } else if (device == DEV_CPU && self->cuda) {
         net_destroy_cuda(self->cuda);

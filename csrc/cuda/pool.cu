@@ -1,0 +1,143 @@
+/* pool.cu: max_pool2d and adaptive_avg_pool2d, one thread per output element.
+ *
+ * Both are bound by memory traffic, not arithmetic: a flat grid over all N*C*OH*OW
+ * outputs keeps every thread busy even for the 6x6 and 13x13 maps (a grid over planes
+ * would idle most of a block). Each thread runs the CPU kernel's inner loops for its
+ * (nc, oh, ow); neighbouring threads read neighbouring input columns.
+ */
+#include <limits.h>
+#include <math.h>
+
+#include "cuda_common.cuh"
+
+namespace acn {
+namespace {
+
+constexpr int kThreads = 256;
+/* Enough blocks to fill any current GPU several times over; the kernels loop beyond. */
+constexpr unsigned kMaxBlocks = 65535u * 8u;
+constexpr size_t kIntTotalMax = (size_t)INT_MAX - (size_t)kMaxBlocks * kThreads;
+
+/* Idx is int when N*C*OH*OW (plus one grid stride, so the loop cannot overflow)
+ * fits, so the index split costs 32-bit divisions; size_t beyond. */
+template <typename Idx>
+__global__ void __launch_bounds__(kThreads)
+max_pool2d_kernel(float *out, const float *inp, Idx total, int H, int W, int KH, int KW,
+                  int SH, int SW, int PH, int PW, int OH, int OW) {
+    for (Idx idx = (Idx)blockIdx.x * kThreads + threadIdx.x; idx < total;
+         idx += (Idx)gridDim.x * kThreads) {
+        const int ow = (int)(idx % OW);
+        const int oh = (int)(idx / OW % OH);
+        const Idx nc = idx / OW / OH;
+        const float *plane = inp + (size_t)nc * H * W;
+        /* Padding is -inf: it never wins. NaN wins and then stays, as in PyTorch. */
+        float m = -INFINITY;
+        for (int kh = 0; kh < KH; ++kh) {
+            const int ih = oh * SH - PH + kh;
+            if (ih < 0 || ih >= H) continue;
+            for (int kw = 0; kw < KW; ++kw) {
+                const int iw = ow * SW - PW + kw;
+                if (iw < 0 || iw >= W) continue;
+                const float v = __ldg(plane + ih * W + iw);
+                if (v > m || isnan(v)) m = v;
+            }
+        }
+        out[idx] = m;
+    }
+}
+
+/* Window rows [floor(oh*H/OH), ceil((oh+1)*H/OH)), columns likewise. */
+template <typename Idx>
+__global__ void __launch_bounds__(kThreads)
+adaptive_avg_pool2d_kernel(float *out, const float *inp, Idx total, int H, int W, int OH,
+                           int OW) {
+    for (Idx idx = (Idx)blockIdx.x * kThreads + threadIdx.x; idx < total;
+         idx += (Idx)gridDim.x * kThreads) {
+        const int ow = (int)(idx % OW);
+        const int oh = (int)(idx / OW % OH);
+        const Idx nc = idx / OW / OH;
+        const float *plane = inp + (size_t)nc * H * W;
+        const int h0 = (int)((long long)oh * H / OH);
+        const int h1 = (int)(((long long)(oh + 1) * H + OH - 1) / OH);
+        const int w0 = (int)((long long)ow * W / OW);
+        const int w1 = (int)(((long long)(ow + 1) * W + OW - 1) / OW);
+        float sum = 0.f;
+        for (int ih = h0; ih < h1; ++ih)
+            for (int iw = w0; iw < w1; ++iw) sum += __ldg(plane + ih * W + iw);
+        out[idx] = sum / (float)((h1 - h0) * (w1 - w0));
+    }
+}
+
+unsigned grid_for(size_t total) {
+    const size_t blocks = (total + kThreads - 1) / kThreads;
+    return blocks < kMaxBlocks ? (unsigned)blocks : kMaxBlocks;
+}
+
+}  // namespace
+
+acn_status max_pool2d_forward_cuda(float *out, const float *inp, int NC, int H, int W,
+                                   int KH, int KW, int SH, int SW, int PH, int PW, int OH,
+                                   int OW, cudaStream_t stream) {
+    if (NC < 0 || H < 1 || W < 1 || KH < 1 || KW < 1 || SH < 1 || SW < 1 || PH < 0 || PW < 0 ||
+        OH < 0 || OW < 0 || (long long)H * W > INT_MAX)
+        return cuda_fail_msg(ACN_EINVAL, "max_pool2d: invalid sizes");
+    const size_t total = (size_t)NC * OH * OW;
+    if (total == 0) return ACN_OK;
+    if (total <= kIntTotalMax)
+        max_pool2d_kernel<int><<<grid_for(total), kThreads, 0, stream>>>(
+            out, inp, (int)total, H, W, KH, KW, SH, SW, PH, PW, OH, OW);
+    else
+        max_pool2d_kernel<size_t><<<grid_for(total), kThreads, 0, stream>>>(
+            out, inp, total, H, W, KH, KW, SH, SW, PH, PW, OH, OW);
+    return check_launch("max_pool2d kernel");
+}
+
+acn_status adaptive_avg_pool2d_forward_cuda(float *out, const float *inp, int NC, int H,
+                                            int W, int OH, int OW, cudaStream_t stream) {
+    if (NC < 0 || H < 1 || W < 1 || OH < 0 || OW < 0 || (long long)H * W > INT_MAX)
+        return cuda_fail_msg(ACN_EINVAL, "adaptive_avg_pool2d: invalid sizes");
+    const size_t total = (size_t)NC * OH * OW;
+    if (total == 0) return ACN_OK;
+    if (total <= kIntTotalMax)
+        adaptive_avg_pool2d_kernel<int><<<grid_for(total), kThreads, 0, stream>>>(
+            out, inp, (int)total, H, W, OH, OW);
+    else
+        adaptive_avg_pool2d_kernel<size_t><<<grid_for(total), kThreads, 0, stream>>>(
+            out, inp, total, H, W, OH, OW);
+    return check_launch("adaptive_avg_pool2d kernel");
+}
+
+}  // namespace acn
+
+extern "C" int max_pool2d_host_cuda(float *out, const float *inp, int NC, int H, int W, int KH,
+                                    int KW, int SH, int SW, int PH, int PW, int OH, int OW) {
+    using namespace acn;
+    if (NC < 0 || H < 1 || W < 1 || OH < 0 || OW < 0)
+        return cuda_fail_msg(ACN_EINVAL, "max_pool2d: invalid sizes");
+    const size_t n_out = (size_t)NC * OH * OW;
+    if (n_out == 0) return ACN_OK;
+    const cudaStream_t stream = host_call_stream();
+    DeviceBuffers mem;
+    float *d_inp, *d_out;
+    ACN_TRY(mem.upload(&d_inp, inp, (size_t)NC * H * W, stream, "max_pool2d input"));
+    ACN_TRY(mem.alloc(&d_out, n_out, "max_pool2d output"));
+    ACN_TRY(max_pool2d_forward_cuda(d_out, d_inp, NC, H, W, KH, KW, SH, SW, PH, PW, OH, OW,
+                                    stream));
+    return download_and_wait(out, d_out, n_out, stream);
+}
+
+extern "C" int adaptive_avg_pool2d_host_cuda(float *out, const float *inp, int NC, int H, int W,
+                                             int OH, int OW) {
+    using namespace acn;
+    if (NC < 0 || H < 1 || W < 1 || OH < 0 || OW < 0)
+        return cuda_fail_msg(ACN_EINVAL, "adaptive_avg_pool2d: invalid sizes");
+    const size_t n_out = (size_t)NC * OH * OW;
+    if (n_out == 0) return ACN_OK;
+    const cudaStream_t stream = host_call_stream();
+    DeviceBuffers mem;
+    float *d_inp, *d_out;
+    ACN_TRY(mem.upload(&d_inp, inp, (size_t)NC * H * W, stream, "adaptive_avg_pool2d input"));
+    ACN_TRY(mem.alloc(&d_out, n_out, "adaptive_avg_pool2d output"));
+    ACN_TRY(adaptive_avg_pool2d_forward_cuda(d_out, d_inp, NC, H, W, OH, OW, stream));
+    return download_and_wait(out, d_out, n_out, stream);
+}

@@ -1,0 +1,138 @@
+/* runtime.cu: CUDA availability, error text, and the scratch buffers of the host wrappers.
+ *
+ * Nothing here may exit or abort: on a machine with no driver, cudart_static answers
+ * every call with cudaErrorInsufficientDriver or cudaErrorNoDevice, and the import of
+ * the extension must still work.
+ */
+#include <atomic>
+#include <stdarg.h>
+#include <stdio.h>
+
+#include "cuda_common.cuh"
+
+namespace acn {
+
+/* One buffer per host thread: the glue reads it right after the failing call, on the
+ * same thread, while another thread may be failing in its own way. */
+static thread_local char tl_last_error[512];
+
+acn_status cuda_fail(cudaError_t err, const char *what) {
+    snprintf(tl_last_error, sizeof tl_last_error, "%s: %s (%s)", what,
+             cudaGetErrorString(err), cudaGetErrorName(err));
+    /* Resets a non-sticky error (an allocation failure, a bad launch configuration) so
+     * that the process goes on; a sticky one (a kernel fault) stays until the context
+     * is reset, and every later call reports it again. */
+    (void)cudaGetLastError();
+    switch (err) {
+    case cudaErrorMemoryAllocation:
+        return ACN_ECUDA_OOM;
+    case cudaErrorNoDevice:
+    case cudaErrorInsufficientDriver:
+    case cudaErrorStubLibrary:
+    case cudaErrorNoKernelImageForDevice:
+        return ACN_ENODEV;   /* nothing to retry: this machine cannot run the kernels */
+    default:
+        return ACN_ECUDA;
+    }
+}
+
+acn_status cuda_fail_msg(acn_status status, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(tl_last_error, sizeof tl_last_error, fmt, ap);
+    va_end(ap);
+    return status;
+}
+
+acn_status check_launch(const char *kernel) {
+    cudaError_t err = cudaGetLastError();
+    return err == cudaSuccess ? ACN_OK : cuda_fail(err, kernel);
+}
+
+int sm_count(void) {
+    /* Plenty of slots for the devices of one host; a device beyond them is queried
+     * every time, which is correct, only slower. */
+    static std::atomic<int> cached[64];
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 80;   /* an answer that only steers the tile choice */
+    }
+    if (dev >= 0 && dev < 64) {
+        int n = cached[dev].load(std::memory_order_relaxed);
+        if (n > 0) return n;
+    }
+    int n = 0;
+    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n < 1) {
+        (void)cudaGetLastError();
+        n = 80;
+    }
+    if (dev >= 0 && dev < 64) cached[dev].store(n, std::memory_order_relaxed);
+    return n;
+}
+
+DeviceBuffers::~DeviceBuffers() {
+    for (int i = 0; i < n_; ++i) (void)cudaFree(ptrs_[i]);
+    (void)cudaGetLastError();
+}
+
+acn_status DeviceBuffers::alloc(float **ptr, size_t count, const char *what) {
+    *ptr = nullptr;
+    if (count == 0) return ACN_OK;
+    if (n_ == 4) return cuda_fail_msg(ACN_EINVAL, "%s: too many scratch buffers", what);
+    if (count > SIZE_MAX / sizeof(float))
+        return cuda_fail_msg(ACN_ECUDA_OOM, "%s: %zu floats do not fit in memory", what, count);
+    void *p = nullptr;
+    ACN_CUDA_TRY(cudaMalloc(&p, count * sizeof(float)), what);
+    ptrs_[n_++] = p;
+    *ptr = static_cast<float *>(p);
+    return ACN_OK;
+}
+
+acn_status DeviceBuffers::upload(float **ptr, const float *host, size_t count,
+                                 cudaStream_t stream, const char *what) {
+    ACN_TRY(alloc(ptr, count, what));
+    if (count)
+        ACN_CUDA_TRY(cudaMemcpyAsync(*ptr, host, count * sizeof(float), cudaMemcpyHostToDevice,
+                                     stream),
+                     what);
+    return ACN_OK;
+}
+
+acn_status download_and_wait(float *host, const float *dev, size_t count, cudaStream_t stream) {
+    if (count)
+        ACN_CUDA_TRY(cudaMemcpyAsync(host, dev, count * sizeof(float), cudaMemcpyDeviceToHost,
+                                     stream),
+                     "copy of the result to the host");
+    ACN_CUDA_TRY(cudaStreamSynchronize(stream), "CUDA kernel");
+    return ACN_OK;
+}
+
+}  // namespace acn
+
+extern "C" const char *cuda_last_error(void) { return acn::tl_last_error; }
+
+extern "C" int cuda_available(char *why, size_t why_len) {
+    int count = 0;
+    cudaError_t err = cudaGetDeviceCount(&count);
+    char text[384];
+    if (err == cudaSuccess && count >= 1) {
+        text[0] = '\0';
+    } else if (err == cudaSuccess) {
+        snprintf(text, sizeof text, "no CUDA device found");
+    } else if (err == cudaErrorInsufficientDriver || err == cudaErrorStubLibrary) {
+        /* The same code means "no driver at all" and "a driver older than the runtime
+         * this was built with": say both. */
+        snprintf(text, sizeof text,
+                 "no CUDA driver found (or one older than this build's CUDA %d.%d runtime): %s",
+                 CUDART_VERSION / 1000, (CUDART_VERSION % 1000) / 10, cudaGetErrorString(err));
+    } else if (err == cudaErrorNoDevice) {
+        snprintf(text, sizeof text, "no CUDA device found: %s", cudaGetErrorString(err));
+    } else {
+        snprintf(text, sizeof text, "CUDA is not usable: %s (%s)", cudaGetErrorString(err),
+                 cudaGetErrorName(err));
+    }
+    (void)cudaGetLastError();
+    if (why && why_len) snprintf(why, why_len, "%s", text);
+    return err == cudaSuccess && count >= 1;
+}

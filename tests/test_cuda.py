@@ -1,0 +1,425 @@
+"""The CUDA path (csrc/cuda): every op and both networks on the GPU against torch in
+float64 (DESIGN.md's rule, TF32 off), NaN semantics, errors that leave the process
+usable, CUDA graphs, and two host threads on one model.
+
+Every test is marked `cuda` and skipped, with the reason, where alexnet_c cannot use
+a GPU (no CUDA build, no driver, no device). The references run on the GPU when
+torch has CUDA, else on the CPU; both are float64.
+"""
+import re
+import threading
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import alexnet_c as ac
+from _subproc import child_env, run_python
+from _torch_models import TOL, make_model, max_rel_err
+
+
+def _skip_reason():
+    if not hasattr(ac, "cuda_is_available"):
+        return "alexnet_c has no cuda_is_available()"
+    if ac.cuda_is_available():
+        return None
+    why = ac.cuda_unavailable_reason() if hasattr(ac, "cuda_unavailable_reason") else ""
+    return f"alexnet_c cannot use CUDA here: {why or 'cuda_is_available() is False'}"
+
+
+_SKIP = _skip_reason()
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")]
+
+REF_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_tf32():
+    """DESIGN.md: GPU references with TF32 off (float64 ignores it; float32 would not)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def t64(a):
+    """A NumPy array (or None) as a float64 tensor on the reference device."""
+    return None if a is None else torch.from_numpy(np.asarray(a, dtype=np.float64)).to(REF_DEVICE)
+
+
+def assert_close(ours, ref, what=""):
+    assert isinstance(ours, np.ndarray) and ours.dtype == np.float32, type(ours)
+    ref = ref.detach().cpu() if isinstance(ref, torch.Tensor) else torch.as_tensor(ref)
+    assert ours.shape == tuple(ref.shape), (what, ours.shape, tuple(ref.shape))
+    err = max_rel_err(ours, ref)
+    assert err <= TOL, f"{what}: max|ours-ref|/max|ref| = {err:.3g} > {TOL}"
+
+
+def randn(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+# ---- ops ---------------------------------------------------------------------
+
+CONV_CASES = [
+    # name, input, weight, stride, padding, groups, bias
+    ("torchvision.conv1", (2, 3, 224, 224), (64, 3, 11, 11), 4, 2, 1, True),
+    ("torchvision.conv2", (2, 64, 27, 27), (192, 64, 5, 5), 1, 2, 1, True),
+    ("torchvision.conv3", (1, 192, 13, 13), (384, 192, 3, 3), 1, 1, 1, True),
+    ("torchvision.conv4", (3, 384, 13, 13), (256, 384, 3, 3), 1, 1, 1, True),
+    ("torchvision.conv5", (1, 256, 13, 13), (256, 256, 3, 3), 1, 1, 1, True),
+    ("original.conv1", (1, 3, 227, 227), (96, 3, 11, 11), 4, 0, 1, True),
+    ("two-tower conv2, groups=2", (2, 96, 27, 27), (256, 48, 5, 5), 1, 2, 2, True),
+    ("groups=3, no bias", (1, 6, 9, 9), (9, 2, 3, 3), 1, 1, 3, False),
+    ("non-square", (2, 5, 17, 9), (7, 5, 3, 5), (2, 1), (1, 2), 1, True),
+    ("1x1, 130 channels", (3, 8, 6, 5), (130, 8, 1, 1), 1, 0, 1, True),
+    ("one output pixel", (1, 4, 5, 5), (3, 4, 5, 5), 1, 0, 1, True),
+    ("batch 64 conv3 (big tiles)", (64, 192, 13, 13), (384, 192, 3, 3), 1, 1, 1, True),
+]
+
+
+@pytest.mark.parametrize("name,xs,ws,stride,padding,groups,bias", CONV_CASES,
+                         ids=[c[0] for c in CONV_CASES])
+def test_conv2d(rng, name, xs, ws, stride, padding, groups, bias):
+    x = randn(rng, *xs)
+    w = randn(rng, *ws, scale=(2.0 / np.prod(ws[1:])) ** 0.5)
+    b = randn(rng, ws[0], scale=0.1) if bias else None
+    ours = ac.conv2d(x, w, b, stride, padding, groups, device="cuda")
+    ref = F.conv2d(t64(x), t64(w), t64(b), stride, padding, 1, groups)
+    assert_close(ours, ref, name)
+
+
+@pytest.mark.parametrize("xs,k,s,p,ceil", [
+    ((2, 64, 55, 55), 3, 2, 0, False),
+    ((1, 3, 10, 11), (3, 2), (2, 1), (1, 1), False),
+    ((1, 2, 8, 8), 3, 2, 1, True),
+    ((2, 256, 13, 13), 3, 2, 0, False),
+])
+def test_max_pool2d(rng, xs, k, s, p, ceil):
+    x = randn(rng, *xs)
+    ours = ac.max_pool2d(x, k, s, p, ceil, device="cuda")
+    assert_close(ours, F.max_pool2d(t64(x), k, s, p, ceil_mode=ceil), f"max_pool2d {xs} k{k}")
+
+
+def test_max_pool2d_propagates_nan(rng):
+    x = randn(rng, 2, 3, 9, 9)
+    x[0, 0, 4, 4] = np.nan
+    x[1, 2, 0, 0] = np.nan
+    x[1, 1, 3, 3] = -np.inf
+    ours = ac.max_pool2d(x, 3, 2, device="cuda")
+    ref = F.max_pool2d(torch.from_numpy(x).double(), 3, 2).numpy()
+    assert np.array_equal(np.isnan(ours), np.isnan(ref)) and np.isnan(ref).sum() >= 2
+    ok = ~np.isnan(ref)
+    assert np.array_equal(ours[ok], ref[ok].astype(np.float32))
+
+
+@pytest.mark.parametrize("xs,out", [
+    ((2, 256, 13, 13), 6), ((1, 256, 1, 1), 6), ((2, 3, 10, 7), (4, 3)),
+    ((1, 256, 6, 6), 6), ((1, 4, 3, 5), (6, 6)),
+])
+def test_adaptive_avg_pool2d(rng, xs, out):
+    x = randn(rng, *xs)
+    ours = ac.adaptive_avg_pool2d(x, out, device="cuda")
+    assert_close(ours, F.adaptive_avg_pool2d(t64(x), out), f"adaptive_avg_pool2d {xs}->{out}")
+
+
+@pytest.mark.parametrize("n,i,o,bias", [
+    (1, 9216, 4096, True),      # fc1 at batch 1: the weight-streaming kernel
+    (3, 4096, 1000, True),
+    (8, 4096, 4096, False),
+    (16, 100, 64, True),        # two passes of 8 rows
+    (5, 37, 11, True),          # I % 4 != 0: the scalar path
+    (17, 300, 50, True),        # first batch size on the tiled GEMM
+    (64, 512, 256, True),
+    (256, 1024, 100, False),
+])
+def test_linear(rng, n, i, o, bias):
+    x = randn(rng, n, i)
+    w = randn(rng, o, i, scale=(1.0 / i) ** 0.5)
+    b = randn(rng, o, scale=0.1) if bias else None
+    ours = ac.linear(x, w, b, device="cuda")
+    assert_close(ours, F.linear(t64(x), t64(w), t64(b)), f"linear {n}x{i}->{o}")
+
+
+@pytest.mark.parametrize("shape", [(1,), (4099,), (2, 3, 5, 7), (64, 4096)])
+def test_relu(rng, shape):
+    x = randn(rng, *shape)
+    x.flat[0] = np.nan
+    if x.size > 3:
+        x.flat[1], x.flat[2], x.flat[3] = np.inf, -np.inf, -0.0
+    ours = ac.relu(x, device="cuda")
+    assert ours.shape == x.shape and ours.dtype == np.float32
+    assert np.isnan(ours.flat[0])            # relu(NaN) is NaN, as torch.relu
+    rest = ~np.isnan(x)
+    assert np.array_equal(ours[rest], np.maximum(x[rest], 0))
+
+
+@pytest.mark.parametrize("fn", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("shape,dim", [((3, 1000), -1), ((2, 5, 7), 1), ((4, 6), 0), ((1, 1), 1)])
+def test_softmax(rng, fn, shape, dim):
+    x = randn(rng, *shape, scale=3.0)
+    x.flat[0] = 1e4                          # overflows exp() without the max-subtraction
+    ours = getattr(ac, fn)(x, dim, device="cuda")
+    assert_close(ours, getattr(F, fn)(t64(x), dim=dim), f"{fn} {shape} dim={dim}")
+
+
+@pytest.mark.parametrize("fn", ["softmax", "log_softmax"])
+def test_softmax_nan_row(fn):
+    x = np.array([[1.0, np.nan, 2.0], [1.0, 2.0, 3.0]], np.float32)
+    ours = getattr(ac, fn)(x, -1, device="cuda")
+    ref = getattr(F, fn)(torch.from_numpy(x).double(), dim=-1).numpy()
+    assert np.isnan(ours[0]).all() and np.isnan(ref[0]).all()
+    assert_close(ours[1:], torch.from_numpy(ref[1:]), fn)
+
+
+# ---- whole networks ----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def nets():
+    """variant -> (torch float64 reference on REF_DEVICE, state dict of NumPy arrays, alexnet_c CUDA model)."""
+    cache = {}
+
+    def get(variant):
+        if variant not in cache:
+            model = make_model(variant, 1000, seed=7)
+            sd = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+            ours = ac.AlexNet.from_state_dict(sd).to("cuda")
+            assert ours.device == "cuda"
+            cache[variant] = (model.double().to(REF_DEVICE), sd, ours)
+        return cache[variant]
+
+    return get
+
+
+def reference(model, x):
+    with torch.no_grad():
+        return model(t64(x)).cpu()
+
+
+def assert_topk_agree(ours, ref, k=5):
+    """Top-1 and top-5 agree, except where the reference itself has a near tie at the cut."""
+    ref = ref.numpy()
+    err = np.max(np.abs(ours - ref))
+    for row_o, row_r in zip(ours, ref):
+        order = np.argsort(-row_r)
+        if row_r[order[0]] - row_r[order[1]] > 2 * err:
+            assert np.argmax(row_o) == order[0]
+        if row_r[order[k - 1]] - row_r[order[k]] > 2 * err:
+            assert set(np.argsort(-row_o)[:k]) == set(order[:k])
+
+
+MODEL_CASES = [
+    ("torchvision", 1, 224, 224), ("torchvision", 3, 224, 224),
+    ("torchvision", 1, 63, 63), ("torchvision", 3, 63, 63),
+    ("torchvision", 1, 256, 320), ("torchvision", 3, 256, 320),
+    ("original", 1, 227, 227), ("original", 3, 227, 227),
+]
+
+
+@pytest.mark.parametrize("variant,n,h,w", MODEL_CASES,
+                         ids=[f"{v}-N{n}-{h}x{w}" for v, n, h, w in MODEL_CASES])
+def test_model_parity(rng, nets, variant, n, h, w):
+    ref_model, _, ours_model = nets(variant)
+    x = randn(rng, n, 3, h, w)
+    ref = reference(ref_model, x)
+    # Three calls at one shape: plain launches, then graph capture, then graph replay.
+    outs = [ours_model(x) for _ in range(3)]
+    assert_close(outs[0], ref, f"{variant} N={n} {h}x{w}")
+    assert_topk_agree(outs[0], ref)
+    # The same kernels in the same order: a replayed graph gives the very same bits.
+    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
+
+
+def test_model_shape_changes_and_workspace_growth(rng, nets):
+    ref_model, _, ours = nets("torchvision")
+    for n, h, w in [(1, 63, 63), (1, 63, 63), (4, 256, 320), (1, 63, 63), (2, 100, 80), (2, 100, 80)]:
+        x = randn(rng, n, 3, h, w)
+        assert_close(ours(x), reference(ref_model, x), f"N={n} {h}x{w}")
+
+
+def test_original_rejects_other_sizes(nets):
+    _, _, ours = nets("original")
+    with pytest.raises(ValueError):
+        ours(np.zeros((1, 3, 224, 224), np.float32))
+    ours(np.zeros((1, 3, 227, 227), np.float32))   # still fine afterwards
+
+
+def test_load_to_cuda(rng, tmp_path):
+    model = make_model("original", 10, seed=3)
+    path = tmp_path / "original.pth"
+    torch.save(model.state_dict(), path)
+    ours = ac.load(path, device="cuda")
+    assert ours.device == "cuda" and ours.variant == "original" and ours.num_classes == 10
+    x = randn(rng, 2, 3, 227, 227)
+    assert_close(ours(x), reference(model.double().to(REF_DEVICE), x), "load(device='cuda')")
+
+
+def test_cuda_and_cpu_models_agree(rng, nets):
+    _, sd, ours = nets("torchvision")
+    cpu = ac.AlexNet.from_state_dict(sd)
+    x = randn(rng, 2, 3, 224, 224)
+    assert_close(ours(x), torch.from_numpy(cpu(x).astype(np.float64)), "cuda vs cpu")
+
+
+def test_graphs_off_gives_the_same_bits(rng, nets, monkeypatch):
+    _, sd, with_graphs = nets("torchvision")
+    monkeypatch.setenv("ALEXNET_C_CUDA_GRAPHS", "0")
+    plain = ac.AlexNet.from_state_dict(sd).to("cuda")
+    x = randn(rng, 1, 3, 224, 224)
+    for _ in range(3):
+        assert np.array_equal(plain(x), with_graphs(x))
+
+
+def test_profile_prints_every_layer(rng, nets, monkeypatch, capfd):
+    ref_model, sd, _ = nets("torchvision")
+    monkeypatch.setenv("ALEXNET_C_CUDA_PROFILE", "1")
+    ours = ac.AlexNet.from_state_dict(sd).to("cuda")
+    x = randn(rng, 2, 3, 224, 224)
+    out = ours(x)
+    err = capfd.readouterr().err
+    names = re.findall(r"^alexnet_c\.cuda\.layer (\w+) N=2 H=224 W=224 ms=([0-9.]+)$", err, re.M)
+    assert [n for n, _ in names] == ["conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5",
+                                     "pool5", "fc1", "fc2", "fc3"], err
+    assert all(float(ms) >= 0 for _, ms in names)
+    assert_close(out, reference(ref_model, x), "profiled forward")
+
+
+# ---- every GEMM tile shape ----------------------------------------------------
+
+_TILE_CHILD = r"""
+import numpy as np, torch, torch.nn.functional as F
+import alexnet_c as ac
+rng = np.random.default_rng(5)
+t = lambda a: None if a is None else torch.from_numpy(a).double()
+def check(ours, ref, what):
+    ref = ref.numpy()
+    err = np.abs(ours - ref).max() / np.abs(ref).max()
+    assert err <= 1e-4, f"{what}: {err}"
+convs = [((2, 3, 67, 67), (64, 3, 11, 11), 4, 2, 1), ((2, 64, 13, 13), (192, 64, 5, 5), 1, 2, 1),
+         ((3, 32, 7, 9), (40, 16, 3, 3), 1, 1, 2), ((1, 8, 5, 5), (130, 8, 1, 1), 1, 0, 1)]
+for xs, ws, s, p, g in convs:
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = (rng.standard_normal(ws) * 0.1).astype(np.float32)
+    b = rng.standard_normal(ws[0]).astype(np.float32)
+    check(ac.conv2d(x, w, b, s, p, g, device="cuda"), F.conv2d(t(x), t(w), t(b), s, p, 1, g), xs)
+for n, i, o in [(40, 300, 70), (130, 64, 129)]:
+    x = rng.standard_normal((n, i)).astype(np.float32)
+    w = (rng.standard_normal((o, i)) * 0.1).astype(np.float32)
+    check(ac.linear(x, w, None, device="cuda"), F.linear(t(x), t(w)), (n, i, o))
+print("tile ok")
+"""
+
+
+@pytest.mark.parametrize("tile", ["large", "medium", "small"])
+def test_every_gemm_tile(tile):
+    """The cost model picks one tile per shape; ALEXNET_C_CUDA_TILE (read once per
+    process) forces each in a child, so all three kernels are checked."""
+    res = run_python(["-c", _TILE_CHILD], env=child_env(ALEXNET_C_CUDA_TILE=tile))
+    assert res.returncode == 0 and "tile ok" in res.stdout, res.stdout + res.stderr
+
+
+# ---- errors leave the process usable ------------------------------------------
+
+def _fill_gpu(leave_bytes):
+    """A torch tensor that takes all but about leave_bytes of free GPU memory, or None."""
+    free, _ = torch.cuda.mem_get_info()
+    for slack in (0, 64 << 20, 256 << 20, 1 << 30):
+        size = free - leave_bytes - slack
+        if size <= 0:
+            return None
+        try:
+            return torch.empty(size, dtype=torch.uint8, device="cuda")
+        except RuntimeError:
+            continue
+    return None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="filling the GPU needs torch with CUDA")
+def test_out_of_memory_then_recovers(rng, nets):
+    _, _, model = nets("torchvision")
+    x_op = randn(rng, 64 << 20)            # 256 MB: relu needs that much on the device
+    x_net = randn(rng, 64, 3, 224, 224)    # batch 64 grows the net's workspace past what is left
+    hog = _fill_gpu(48 << 20)
+    if hog is None:
+        pytest.skip("could not fill the GPU's memory")
+    try:
+        if torch.cuda.mem_get_info()[0] > (200 << 20):
+            pytest.skip("the GPU kept too much memory free to force an allocation failure")
+        with pytest.raises(MemoryError, match="(?i)out of memory"):
+            ac.relu(x_op, device="cuda")
+        with pytest.raises(MemoryError, match="(?i)out of memory"):
+            model(x_net)
+    finally:
+        del hog
+        torch.cuda.empty_cache()
+    assert np.array_equal(ac.relu(x_op, device="cuda"), np.maximum(x_op, 0))
+    small = randn(rng, 1, 3, 224, 224)
+    assert_close(model(small), torch.from_numpy(ac.AlexNet.from_state_dict(model.state_dict())(small)
+                                                .astype(np.float64)), "after OOM")
+    assert model(x_net).shape == (64, 1000)
+
+
+def test_no_visible_device_is_reported_not_crashed():
+    code = ("import numpy as np, alexnet_c as ac\n"
+            "assert not ac.cuda_is_available()\n"
+            "print('reason:', ac.cuda_unavailable_reason())\n"
+            "try:\n    ac.relu(np.ones(3, np.float32), device='cuda')\n"
+            "except RuntimeError as e:\n    print('raised:', e)\n"
+            "print(ac.relu(np.array([-1, 2], np.float32)))\n")
+    res = run_python(["-c", code], env=child_env(CUDA_VISIBLE_DEVICES=""))
+    assert res.returncode == 0, res.stderr
+    assert "reason: " in res.stdout and "raised: " in res.stdout and "[0. 2.]" in res.stdout, res.stdout
+
+
+# ---- threads -------------------------------------------------------------------
+
+def test_two_threads_one_model(rng, nets):
+    """Two host threads on one CUDA model, at different shapes so that each call also
+    re-plans the workspace and the graph: the net's mutex must serialise them."""
+    ref_model, _, model = nets("torchvision")
+    xs = [randn(rng, 2, 3, 224, 224), randn(rng, 1, 3, 63, 63)]
+    refs = [reference(ref_model, x) for x in xs]
+    errors = []
+
+    def work(k):
+        try:
+            for _ in range(4):
+                out = model(xs[k])
+                err = max_rel_err(out, refs[k])
+                if err > TOL:
+                    errors.append((k, err))
+        except Exception as e:   # noqa: BLE001 - reported below
+            errors.append((k, repr(e)))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+def test_two_threads_ops(rng):
+    """Op calls from two threads at once, each on its own per-thread stream."""
+    xs = [randn(rng, 4, 64, 27, 27) for _ in range(2)]
+    w = randn(rng, 192, 64, 5, 5, scale=0.05)
+    refs = [F.conv2d(t64(x), t64(w), None, 1, 2) for x in xs]
+    errors = []
+
+    def work(k):
+        try:
+            for _ in range(5):
+                err = max_rel_err(ac.conv2d(xs[k], w, None, 1, 2, device="cuda"), refs[k].cpu())
+                if err > TOL:
+                    errors.append((k, err))
+        except Exception as e:   # noqa: BLE001
+            errors.append((k, repr(e)))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
