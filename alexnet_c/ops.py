@@ -6,6 +6,7 @@ Every op returns a new float32 array and never writes to its inputs.
 """
 from __future__ import annotations
 
+import math
 import operator
 from typing import Optional, Sequence, Tuple, Union
 
@@ -66,9 +67,14 @@ def conv2d(input, weight, bias=None, stride: IntOrPair = 1, padding: Union[IntOr
             if (sh, sw) != (1, 1):
                 raise ValueError("conv2d: padding='same' needs stride 1, got stride "
                                  f"{(sh, sw)}")
-            if w.ndim != 4 or w.shape[2] % 2 == 0 or w.shape[3] % 2 == 0:
-                raise ValueError(f"conv2d: padding='same' needs odd kernel sizes, got weight shape {w.shape}")
+            if w.ndim != 4:
+                raise ValueError(f"conv2d: expected weight of shape (OC, C/groups, KH, KW), got shape {w.shape}")
             ph, pw = (w.shape[2] - 1) // 2, (w.shape[3] - 1) // 2
+            extra_h, extra_w = (w.shape[2] - 1) % 2, (w.shape[3] - 1) % 2
+            if extra_h or extra_w:
+                # An even kernel needs one more row/column after than before, as PyTorch pads it.
+                pad = [(0, 0)] * (x.ndim - 2) + [(0, extra_h), (0, extra_w)]
+                x = np.pad(np.asarray(x, dtype=np.float32), pad)
         else:
             raise ValueError(f"conv2d: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
     else:
@@ -123,7 +129,7 @@ def linear(input, weight, bias=None, *, device: str = "cpu", _naive: bool = Fals
         raise ValueError(f"linear: expected input with last dimension {w.shape[1]} (weight shape {w.shape}), "
                          f"got input of shape {x.shape}")
     lead = x.shape[:-1]
-    out = _C.linear(x.reshape(-1, x.shape[-1]), w, bias, device_code(device), _naive)
+    out = _C.linear(x.reshape(math.prod(lead), x.shape[-1]), w, bias, device_code(device), _naive)
     return out.reshape(lead + (w.shape[0],))
 
 

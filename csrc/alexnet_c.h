@@ -135,6 +135,9 @@ typedef struct acn_net acn_net;
 acn_net *net_create_cpu(int variant, int num_classes, const float *const weights[ACN_NUM_WEIGHTS],
                         int *status);
 void net_destroy_cpu(acn_net *net);
+/* Linux overcommits: a too-large malloc succeeds and the process is killed when
+ * the pages are touched. 0 when `bytes` exceeds the machine's physical memory. */
+int acn_fits_in_memory(size_t bytes);
 /* Floats of activation memory that a forward of this size needs. */
 size_t net_arena_floats(const acn_net *net, int N, int H, int W);
 /* out (N,num_classes), inp (N,3,H,W). Thread-safe: concurrent calls on one

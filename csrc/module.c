@@ -21,9 +21,9 @@ static PyObject *CudaOutOfMemoryError;
 
 /* ---- argument and error helpers --------------------------------------- */
 
-/* New reference to a float32, aligned, C-contiguous view or copy of obj;
- * NULL with TypeError when obj is not a real-valued array-like. */
-static PyArrayObject *as_float32(PyObject *obj, const char *op, const char *name)
+/* New reference to an array view of obj (no copy for an ndarray); NULL with
+ * TypeError when obj is not a real-valued array-like. */
+static PyArrayObject *as_real_array(PyObject *obj, const char *op, const char *name)
 {
     PyArrayObject *any = (PyArrayObject *)PyArray_FromAny(obj, NULL, 0, 0, 0, NULL);
     if (any == NULL) {
@@ -39,11 +39,47 @@ static PyArrayObject *as_float32(PyObject *obj, const char *op, const char *name
         Py_DECREF(any);
         return NULL;
     }
+    return any;
+}
+
+static int is_float32_carray(PyArrayObject *a)
+{
+    return PyArray_TYPE(a) == NPY_FLOAT32 && PyArray_ISCARRAY_RO(a) && PyArray_ISNOTSWAPPED(a);
+}
+
+/* Steals `any`; new reference to a float32, aligned, C-contiguous view or copy. */
+static PyArrayObject *to_float32(PyArrayObject *any)
+{
     PyArrayObject *f = (PyArrayObject *)PyArray_FROM_OTF((PyObject *)any, NPY_FLOAT32,
                                                          NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_ALIGNED |
                                                              NPY_ARRAY_FORCECAST);
     Py_DECREF(any);
     return f;
+}
+
+/* New reference to a float32, aligned, C-contiguous view or copy of obj. The
+ * input is never written to: a view is only read. */
+static PyArrayObject *as_float32(PyObject *obj, const char *op, const char *name)
+{
+    PyArrayObject *any = as_real_array(obj, op, name);
+    return any ? to_float32(any) : NULL;
+}
+
+/* a*b with overflow saturating at SIZE_MAX. */
+static size_t mul_size(size_t a, size_t b)
+{
+    size_t r;
+    return __builtin_mul_overflow(a, b, &r) ? SIZE_MAX : r;
+}
+
+static size_t add_size(size_t a, size_t b) { return a > SIZE_MAX - b ? SIZE_MAX : a + b; }
+
+static int require_memory(size_t bytes, const char *op)
+{
+    if (acn_fits_in_memory(bytes))
+        return 0;
+    PyErr_Format(PyExc_MemoryError, "%s: needs %zu bytes, more than this machine's memory", op, bytes);
+    return -1;
 }
 
 static PyObject *shape_tuple(PyArrayObject *a)
@@ -150,8 +186,14 @@ static int check_device(int device, const char *op)
     return -1;
 }
 
+/* A fresh float32 output; MemoryError up front when it could never fit. */
 static PyArrayObject *new_output(int nd, const npy_intp *dims)
 {
+    size_t bytes = sizeof(float);
+    for (int i = 0; i < nd; i++)
+        bytes = mul_size(bytes, (size_t)dims[i]);
+    if (require_memory(bytes, "output"))
+        return NULL;
     return (PyArrayObject *)PyArray_SimpleNew(nd, (npy_intp *)dims, NPY_FLOAT32);
 }
 
@@ -219,6 +261,16 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args)
         goto fail;
     }
     const int OH = (H + 2 * PH - KH) / SH + 1, OW = (W + 2 * PW - KW) / SW + 1;
+    if ((long long)OH * OW * N > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "conv2d: expected at most 2**31-1 output pixels in the batch "
+                     "(N*OH*OW), got %lld", (long long)OH * OW * N);
+        goto fail;
+    }
+    /* The CPU kernel reads a zero-padded copy of the input: count it too. */
+    const size_t padded = mul_size(mul_size((size_t)N * (size_t)C, (size_t)H + 2 * (size_t)PH),
+                                   (size_t)W + 2 * (size_t)PW + (size_t)SW);
+    if (require_memory(mul_size(add_size(padded, mul_size((size_t)N * OC, (size_t)OH * OW)), sizeof(float)), op))
+        goto fail;
     const npy_intp dims[4] = {N, OC, OH, OW};
     if (!(out = new_output(4, dims)) || check_device(device, op))
         goto fail;
@@ -323,6 +375,11 @@ static PyObject *py_max_pool2d(PyObject *self, PyObject *args)
     }
     const int N = (int)PyArray_DIM(x, 0), C = (int)PyArray_DIM(x, 1), H = (int)PyArray_DIM(x, 2),
               W = (int)PyArray_DIM(x, 3);
+    if ((long long)N * C > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "max_pool2d: expected at most 2**31-1 planes (N*C), got %lld",
+                     (long long)N * C);
+        goto fail;
+    }
     const long long OH = pool_out_size(H, KH, SH, PH, ceil_mode), OW = pool_out_size(W, KW, SW, PW, ceil_mode);
     if (OH < 1 || OW < 1) {
         char msg[240];
@@ -371,12 +428,17 @@ static PyObject *py_adaptive_avg_pool2d(PyObject *self, PyObject *args)
     PyArrayObject *x = as_float32(x_obj, op, "input"), *out = NULL;
     if (x == NULL || require_ndim(x, 4, op, "input", "(N, C, H, W)") || dims_fit_int(x, op, "input"))
         goto fail;
-    if (OH < 1 || OW < 1) {
-        PyErr_Format(PyExc_ValueError, "adaptive_avg_pool2d: expected output_size >= (1, 1), got (%d, %d)", OH, OW);
+    if (OH < 0 || OW < 0) {
+        PyErr_Format(PyExc_ValueError, "adaptive_avg_pool2d: expected output_size >= (0, 0), got (%d, %d)", OH, OW);
         goto fail;
     }
     const int N = (int)PyArray_DIM(x, 0), C = (int)PyArray_DIM(x, 1), H = (int)PyArray_DIM(x, 2),
               W = (int)PyArray_DIM(x, 3);
+    if ((long long)N * C > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "adaptive_avg_pool2d: expected at most 2**31-1 planes (N*C), got %lld",
+                     (long long)N * C);
+        goto fail;
+    }
     if (H < 1 || W < 1) {
         shape_error("adaptive_avg_pool2d: expected input with non-empty H and W", "input", x);
         goto fail;
@@ -639,24 +701,20 @@ static PyObject *Net_forward(NetObject *self, PyObject *x_obj)
     if (net_ready(self))
         return NULL;
     const char *op = "AlexNet";
-    PyArrayObject *x = as_float32(x_obj, op, "input"), *out = NULL;
+    /* Shapes and memory are checked on a view first: a batch too big for this
+     * machine raises MemoryError before any float32 copy of it is made. */
+    PyArrayObject *x = as_real_array(x_obj, op, "input"), *out = NULL;
     if (x == NULL)
         return NULL;
-    if (PyArray_NDIM(x) == 3) {   /* unbatched (3, H, W) */
-        npy_intp d4[4] = {1, PyArray_DIM(x, 0), PyArray_DIM(x, 1), PyArray_DIM(x, 2)};
-        PyArray_Dims newshape = {d4, 4};
-        PyArrayObject *r = (PyArrayObject *)PyArray_Newshape(x, &newshape, NPY_CORDER);
-        Py_DECREF(x);
-        if ((x = r) == NULL)
-            return NULL;
-    }
-    if (PyArray_NDIM(x) != 4 || PyArray_DIM(x, 1) != 3) {
+    const int nd = PyArray_NDIM(x);
+    if ((nd != 3 && nd != 4) || PyArray_DIM(x, nd - 3) != 3) {
         shape_error("AlexNet: expected input of shape (N, 3, H, W) or (3, H, W)", "input", x);
         goto fail;
     }
     if (dims_fit_int(x, op, "input"))
         goto fail;
-    const int N = (int)PyArray_DIM(x, 0), H = (int)PyArray_DIM(x, 2), W = (int)PyArray_DIM(x, 3);
+    const int N = nd == 4 ? (int)PyArray_DIM(x, 0) : 1, H = (int)PyArray_DIM(x, nd - 2),
+              W = (int)PyArray_DIM(x, nd - 1);
     int FH, FW;
     net_feature_size(self->variant, H, W, &FH, &FW);
     if (self->variant == ACN_VARIANT_ORIGINAL && (FH != 6 || FW != 6)) {
@@ -669,6 +727,13 @@ static PyObject *Net_forward(NetObject *self, PyObject *x_obj)
                     "input", x);
         goto fail;
     }
+    size_t need = mul_size(net_arena_floats(self->cpu, N, H, W), sizeof(float));
+    if (!is_float32_carray(x))
+        need = add_size(need, mul_size(mul_size((size_t)N * 3, (size_t)H * W), sizeof(float)));
+    if (require_memory(need, op))
+        goto fail;
+    if ((x = to_float32(x)) == NULL)
+        return NULL;
     const npy_intp dims[2] = {N, self->num_classes};
     if (!(out = new_output(2, dims)))
         goto fail;

@@ -54,7 +54,7 @@ def test_returns_fresh_float32_arrays(rng):
     (lambda: ac.max_pool2d(np.zeros((1, 1, 2, 2)), 3), "larger than the padded input"),
     (lambda: ac.max_pool2d(np.zeros((1, 1, 8, 8)), 3, 1, 2), "at most half"),
     (lambda: ac.max_pool2d(np.zeros((8, 8)), 3), "expected a 3-D"),
-    (lambda: ac.adaptive_avg_pool2d(np.zeros((1, 1, 8, 8)), 0), "output_size >= (1, 1)"),
+    (lambda: ac.adaptive_avg_pool2d(np.zeros((1, 1, 8, 8)), -1), "output_size >= (0, 0)"),
     (lambda: ac.linear(np.zeros((2, 5)), np.zeros((3, 4))), "last dimension 4"),
     (lambda: ac.linear(np.zeros((2, 4)), np.zeros((3, 4)), np.zeros(2)), "bias of shape (3,)"),
 ])

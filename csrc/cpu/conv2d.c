@@ -7,6 +7,8 @@
  * The weights are packed once per call here, once per net in net.c. */
 #include "cpu_internal.h"
 
+#include <stdlib.h>
+
 #include <string.h>
 
 /* The B-packing reads a zero-padded copy of the input, so that no tap ever
@@ -206,13 +208,22 @@ int conv2d_forward_cpu(float *out, const float *inp, const float *weight, const 
         return ACN_EINVAL;
     if (N <= 0 || OC <= 0)
         return ACN_OK;
+    /* The op-by-op path packs the weights and pads the input per call, in memory
+     * freed on return: a one-off huge call must not stay resident in a
+     * per-thread buffer. (The network packs once and pads inside its arena.) */
     const acn_ukernel *uk = acn_active_ukernel();
-    float *packed = acn_thread_buffer(ACN_TLS_PACK_A, acn_conv_packed_floats(C, OC, KH, KW, groups, uk->MR) + 1);
-    if (packed == NULL)
-        return ACN_ENOMEM;
-    acn_conv_pack_weights(packed, weight, C, OC, KH, KW, groups, uk->MR);
-    return acn_conv2d_packed(out, inp, packed, uk, bias, N, C, H, W, OC, KH, KW, SH, SW, PH, PW, groups, relu,
-                             NULL);
+    float *packed = malloc((acn_conv_packed_floats(C, OC, KH, KW, groups, uk->MR) + 1) * sizeof(float));
+    float *padded = needs_padded_copy(SW, PH, PW)
+        ? malloc(acn_conv_phase_floats(N, C, H, W, SW, PH, PW) * sizeof(float)) : NULL;
+    int st = ACN_ENOMEM;
+    if (packed != NULL && (padded != NULL || !needs_padded_copy(SW, PH, PW))) {
+        acn_conv_pack_weights(packed, weight, C, OC, KH, KW, groups, uk->MR);
+        st = acn_conv2d_packed(out, inp, packed, uk, bias, N, C, H, W, OC, KH, KW, SH, SW, PH, PW, groups,
+                               relu, padded);
+    }
+    free(padded);
+    free(packed);
+    return st;
 }
 
 int conv2d_forward_naive(float *out, const float *inp, const float *weight, const float *bias,
@@ -235,12 +246,13 @@ int conv2d_forward_naive(float *out, const float *inp, const float *weight, cons
                     for (int c = 0; c < Cg; c++) {
                         for (int kh = 0; kh < KH; kh++) {
                             const int ih = oh * SH - PH + kh;
-                            if (ih < 0 || ih >= H) continue;
                             for (int kw = 0; kw < KW; kw++) {
                                 const int iw = ow * SW - PW + kw;
-                                if (iw < 0 || iw >= W) continue;
-                                acc += (double)inp[(((size_t)n * C + g * Cg + c) * H + ih) * W + iw]
-                                     * weight[(((size_t)oc * Cg + c) * KH + kh) * KW + kw];
+                                /* A padding tap still multiplies its weight: 0 * NaN or
+                                 * 0 * Inf must give NaN, as in PyTorch. */
+                                const float v = (ih >= 0 && ih < H && iw >= 0 && iw < W)
+                                    ? inp[(((size_t)n * C + g * Cg + c) * H + ih) * W + iw] : 0.0f;
+                                acc += (double)v * weight[(((size_t)oc * Cg + c) * KH + kh) * KW + kw];
                             }
                         }
                     }

@@ -143,14 +143,17 @@ size_t net_arena_floats(const acn_net *net, int N, int H, int W)
 
 /* Linux overcommits: a too-large malloc succeeds and the process is killed
  * later, when the pages are touched. Refuse up front what cannot fit in RAM. */
-static int fits_in_memory(size_t floats)
+int acn_fits_in_memory(size_t bytes)
 {
-    if (floats == SIZE_MAX || floats > SIZE_MAX / sizeof(float))
-        return 0;
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
     if (pages <= 0 || page <= 0)
         return 1;
-    return floats * sizeof(float) <= (size_t)pages * (size_t)page;
+    return bytes <= (size_t)pages * (size_t)page;
+}
+
+static int fits_in_memory(size_t floats)
+{
+    return floats != SIZE_MAX && floats <= SIZE_MAX / sizeof(float) && acn_fits_in_memory(floats * sizeof(float));
 }
 
 static int run_layers(const acn_net *net, float *out, const float *inp, int N, int H, int W, float *arena,
