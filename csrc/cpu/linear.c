@@ -52,7 +52,8 @@ static void fc_tile_generic(const float *w, ptrdiff_t ldw, int R, const float *x
 #if ACN_X86
 #include <immintrin.h>
 
-#define ACN_FC_TILE_512(RR, NX)                                                           \
+/* W, X, OUT must not mention r or n: the tile's own loops use those names. */
+#define ACN_FC_TILE_512(RR, NX, W, X, OUT)                                                           \
     do {                                                                                  \
         __m512 acc[RR][NX];                                                               \
         _Pragma("GCC unroll 8") for (int r = 0; r < RR; r++)                                 \
@@ -62,12 +63,12 @@ static void fc_tile_generic(const float *w, ptrdiff_t ldw, int R, const float *x
         for (; k + 16 <= kc; k += 16) {                                                   \
             if (stream)                                                                   \
                 _Pragma("GCC unroll 8") for (int r = 0; r < RR; r++)                       \
-                    _mm_prefetch((const char *)(w + (ptrdiff_t)r * ldw + k + 512), _MM_HINT_T0); \
+                    _mm_prefetch((const char *)((W) + (ptrdiff_t)r * ldw + k + 512), _MM_HINT_T0); \
             __m512 xv[NX];                                                                \
             _Pragma("GCC unroll 6") for (int n = 0; n < NX; n++)                             \
-                xv[n] = _mm512_loadu_ps(x + (ptrdiff_t)n * ldx + k);                      \
+                xv[n] = _mm512_loadu_ps((X) + (ptrdiff_t)n * ldx + k);                      \
             _Pragma("GCC unroll 8") for (int r = 0; r < RR; r++) {                           \
-                const __m512 wv = _mm512_loadu_ps(w + (ptrdiff_t)r * ldw + k);            \
+                const __m512 wv = _mm512_loadu_ps((W) + (ptrdiff_t)r * ldw + k);            \
                 for (int n = 0; n < NX; n++)                                              \
                     acc[r][n] = _mm512_fmadd_ps(wv, xv[n], acc[r][n]);                    \
             }                                                                             \
@@ -76,16 +77,16 @@ static void fc_tile_generic(const float *w, ptrdiff_t ldw, int R, const float *x
             const __mmask16 mk = (__mmask16)((1u << (kc - k)) - 1u);                      \
             __m512 xv[NX];                                                                \
             _Pragma("GCC unroll 6") for (int n = 0; n < NX; n++)                             \
-                xv[n] = _mm512_maskz_loadu_ps(mk, x + (ptrdiff_t)n * ldx + k);            \
+                xv[n] = _mm512_maskz_loadu_ps(mk, (X) + (ptrdiff_t)n * ldx + k);            \
             _Pragma("GCC unroll 8") for (int r = 0; r < RR; r++) {                           \
-                const __m512 wv = _mm512_maskz_loadu_ps(mk, w + (ptrdiff_t)r * ldw + k);  \
+                const __m512 wv = _mm512_maskz_loadu_ps(mk, (W) + (ptrdiff_t)r * ldw + k);  \
                 for (int n = 0; n < NX; n++)                                              \
                     acc[r][n] = _mm512_fmadd_ps(wv, xv[n], acc[r][n]);                    \
             }                                                                             \
         }                                                                                 \
         for (int n = 0; n < NX; n++)                                                      \
             _Pragma("GCC unroll 8") for (int r = 0; r < RR; r++) {                           \
-                float *o = out + (ptrdiff_t)n * ldo + r;                                  \
+                float *o = (OUT) + (ptrdiff_t)n * ldo + r;                                  \
                 const float s = _mm512_reduce_add_ps(acc[r][n]);                          \
                 *o = accumulate ? *o + s : s;                                             \
             }                                                                             \
@@ -98,9 +99,9 @@ static void fc_tile_avx512(const float *w, ptrdiff_t ldw, int R, const float *x,
     const int stream = nx < TN;   /* small batch: weights come from memory */
     if (R == TR) {
         switch (nx) {
-        case 3: ACN_FC_TILE_512(8, 3); return;
-        case 2: ACN_FC_TILE_512(8, 2); return;
-        case 1: ACN_FC_TILE_512(8, 1); return;
+        case 3: ACN_FC_TILE_512(8, 3, w, x, out); return;
+        case 2: ACN_FC_TILE_512(8, 2, w, x, out); return;
+        case 1: ACN_FC_TILE_512(8, 1, w, x, out); return;
         default: break;
         }
     }
@@ -108,21 +109,11 @@ static void fc_tile_avx512(const float *w, ptrdiff_t ldw, int R, const float *x,
         for (int n = 0; n < nx; n++) {
             const float *wr = w + (ptrdiff_t)r * ldw, *xn = x + (ptrdiff_t)n * ldx;
             float *on = out + (ptrdiff_t)n * ldo + r;
-            {
-                const float *w_ = wr, *x_ = xn;
-                float *out_ = on;
-#define w w_
-#define x x_
-#define out out_
-                ACN_FC_TILE_512(1, 1);
-#undef w
-#undef x
-#undef out
-            }
+            ACN_FC_TILE_512(1, 1, wr, xn, on);
         }
 }
 
-#define ACN_FC_TILE_256(RR, NX)                                                           \
+#define ACN_FC_TILE_256(RR, NX, W, X, OUT)                                                           \
     do {                                                                                  \
         __m256 acc[RR][NX];                                                               \
         _Pragma("GCC unroll 8") for (int r = 0; r < RR; r++)                                 \
@@ -132,9 +123,9 @@ static void fc_tile_avx512(const float *w, ptrdiff_t ldw, int R, const float *x,
         for (; k + 8 <= kc; k += 8) {                                                     \
             __m256 xv[NX];                                                                \
             _Pragma("GCC unroll 6") for (int n = 0; n < NX; n++)                             \
-                xv[n] = _mm256_loadu_ps(x + (ptrdiff_t)n * ldx + k);                      \
+                xv[n] = _mm256_loadu_ps((X) + (ptrdiff_t)n * ldx + k);                      \
             _Pragma("GCC unroll 8") for (int r = 0; r < RR; r++) {                           \
-                const __m256 wv = _mm256_loadu_ps(w + (ptrdiff_t)r * ldw + k);            \
+                const __m256 wv = _mm256_loadu_ps((W) + (ptrdiff_t)r * ldw + k);            \
                 for (int n = 0; n < NX; n++)                                              \
                     acc[r][n] = _mm256_fmadd_ps(wv, xv[n], acc[r][n]);                    \
             }                                                                             \
@@ -146,8 +137,8 @@ static void fc_tile_avx512(const float *w, ptrdiff_t ldw, int R, const float *x,
                 float s = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))                 \
                         + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));                \
                 for (int kk = k; kk < kc; kk++)                                           \
-                    s += w[(ptrdiff_t)r * ldw + kk] * x[(ptrdiff_t)n * ldx + kk];         \
-                float *o = out + (ptrdiff_t)n * ldo + r;                                  \
+                    s += (W)[(ptrdiff_t)r * ldw + kk] * (X)[(ptrdiff_t)n * ldx + kk]; \
+                float *o = (OUT) + (ptrdiff_t)n * ldo + r;                                  \
                 *o = accumulate ? *o + s : s;                                             \
             }                                                                             \
     } while (0)
@@ -161,40 +152,20 @@ static void fc_tile_avx2(const float *w, ptrdiff_t ldw, int R, const float *x, p
     for (; r0 + 4 <= R; r0 += 4) {
         int n0 = 0;
         for (; n0 + 2 <= nx; n0 += 2) {
-            const float *w_ = w + (ptrdiff_t)r0 * ldw, *x_ = x + (ptrdiff_t)n0 * ldx;
-            float *out_ = out + (ptrdiff_t)n0 * ldo + r0;
-#define w w_
-#define x x_
-#define out out_
-            ACN_FC_TILE_256(4, 2);
-#undef w
-#undef x
-#undef out
+            ACN_FC_TILE_256(4, 2, w + (ptrdiff_t)r0 * ldw, x + (ptrdiff_t)n0 * ldx, out + (ptrdiff_t)n0 * ldo + r0);
         }
         for (int r = r0; r < r0 + 4; r++)
             for (int n = n0; n < nx; n++) {
-                const float *w_ = w + (ptrdiff_t)r * ldw, *x_ = x + (ptrdiff_t)n * ldx;
-                float *out_ = out + (ptrdiff_t)n * ldo + r;
-#define w w_
-#define x x_
-#define out out_
-                ACN_FC_TILE_256(1, 1);
-#undef w
-#undef x
-#undef out
+                const float *wr = w + (ptrdiff_t)r * ldw, *xn = x + (ptrdiff_t)n * ldx;
+                float *on = out + (ptrdiff_t)n * ldo + r;
+                ACN_FC_TILE_256(1, 1, wr, xn, on);
             }
     }
     for (int r = r0; r < R; r++)
         for (int n = 0; n < nx; n++) {
-            const float *w_ = w + (ptrdiff_t)r * ldw, *x_ = x + (ptrdiff_t)n * ldx;
-            float *out_ = out + (ptrdiff_t)n * ldo + r;
-#define w w_
-#define x x_
-#define out out_
-            ACN_FC_TILE_256(1, 1);
-#undef w
-#undef x
-#undef out
+            const float *wr = w + (ptrdiff_t)r * ldw, *xn = x + (ptrdiff_t)n * ldx;
+            float *on = out + (ptrdiff_t)n * ldo + r;
+            ACN_FC_TILE_256(1, 1, wr, xn, on);
         }
 }
 /* Batch > 8 on AVX-512: the same 8x3 tile, but the 24 accumulators are
