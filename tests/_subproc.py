@@ -27,3 +27,9 @@ def run_python(args: Sequence[str], *, cwd: str = None, timeout: float = 300, en
     """python <args> in a neutral folder (a temp dir unless cwd is given)."""
     return subprocess.run([sys.executable, *args], cwd=cwd or tempfile.gettempdir(),
                           env=env or child_env(), timeout=timeout, capture_output=True, text=True, **kwargs)
+
+
+def run_neutral(*args, **kwargs) -> subprocess.CompletedProcess:
+    """subprocess.run, started in a temp dir unless the caller gives cwd."""
+    kwargs.setdefault("cwd", tempfile.gettempdir())
+    return subprocess.run(*args, **kwargs)

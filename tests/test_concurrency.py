@@ -4,7 +4,6 @@ children run their own forward passes, and results do not depend on timing."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import textwrap
 import threading
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 import alexnet_c as ac
+from _subproc import run_neutral  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(ac.__file__)))
 
@@ -185,7 +185,7 @@ _CHILD_SCRIPT = textwrap.dedent("""
 def test_child_process_forward(tmp_path, method):
     script = tmp_path / "child.py"
     script.write_text(_CHILD_SCRIPT)
-    r = subprocess.run([sys.executable, str(script), method], capture_output=True, text=True, timeout=120,
+    r = run_neutral([sys.executable, str(script), method], capture_output=True, text=True, timeout=120,
                        env=_env())
     assert r.returncode == 0 and r.stdout.startswith("ok"), r.stdout + r.stderr
     if method == "fork":   # threads.c's atfork handler makes the child single-threaded
@@ -217,7 +217,7 @@ _THREADS_SCRIPT = "import alexnet_c as ac; print(ac.get_num_threads())"
 
 @pytest.mark.parametrize("value", ["1", "2", "3", "7"])
 def test_omp_num_threads_honoured(value):
-    r = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT], capture_output=True, text=True, timeout=60,
+    r = run_neutral([sys.executable, "-c", _THREADS_SCRIPT], capture_output=True, text=True, timeout=60,
                        env=_env(OMP_NUM_THREADS=value))
     assert r.returncode == 0 and r.stdout.strip() == value, r.stdout + r.stderr
 
@@ -227,11 +227,11 @@ def test_default_threads_and_set_override():
     env.pop("OMP_NUM_THREADS", None)
     script = ("import os, alexnet_c as ac; d = ac.get_num_threads(); ac.set_num_threads(3); "
               "print(d, ac.get_num_threads(), len(os.sched_getaffinity(0)))")
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
+    r = run_neutral([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode == 0, r.stderr
     default, after, cores = map(int, r.stdout.split())
     assert default == cores and after == 3
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+    r = run_neutral([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
                        env=_env(OMP_NUM_THREADS="1"))
     default, after, _ = map(int, r.stdout.split())
     assert default == 1 and after == 3   # set_num_threads overrides the environment

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import os
-import subprocess
 import sys
 import textwrap
 
@@ -16,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import alexnet_c as ac
+from _subproc import run_neutral  # noqa: E402
 from _torch_models import TOL, make_model
 
 SCALE = float(os.environ.get("ALEXNET_C_PROPERTY_SCALE", "1"))
@@ -289,7 +289,7 @@ def test_no_ftz_daz_in_a_fresh_process():
     """In a fresh interpreter (without torch): no FTZ/DAZ after import nor after forward passes."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(os.path.dirname(ac.__file__))]
                                                        + [p for p in [os.environ.get("PYTHONPATH")] if p]))
-    r = subprocess.run([sys.executable, "-c", _FTZ_SCRIPT], capture_output=True, text=True, timeout=120, env=env)
+    r = run_neutral([sys.executable, "-c", _FTZ_SCRIPT], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
 
 

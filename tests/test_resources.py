@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import os
-import subprocess
 import sys
 import textwrap
 import tracemalloc
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 
 import alexnet_c as ac
+from _subproc import run_neutral  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(ac.__file__)))
 # Under .ci/sanitize.sh, ASan's quarantine holds freed memory back (RSS grows by design):
@@ -29,7 +29,7 @@ def _env(**extra):
 
 
 def _run(script: str, *args, timeout=180):
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(script), *map(str, args)], capture_output=True,
+    return run_neutral([sys.executable, "-c", textwrap.dedent(script), *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env=_env())
 
 
