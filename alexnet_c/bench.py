@@ -33,15 +33,13 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-# (in_c, out_c, kernel, stride, pad, pool_after) as in csrc/cpu/net.c
-_CONVS = {
-    "torchvision": [(3, 64, 11, 4, 2, 1), (64, 192, 5, 1, 2, 1), (192, 384, 3, 1, 1, 0),
-                    (384, 256, 3, 1, 1, 0), (256, 256, 3, 1, 1, 1)],
-    "original": [(3, 96, 11, 4, 0, 1), (96, 256, 5, 1, 2, 1), (256, 384, 3, 1, 1, 0),
-                 (384, 384, 3, 1, 1, 0), (384, 256, 3, 1, 1, 1)],
-}
+from . import arch
+
+# Layer tables from alexnet_c.arch (the same layout the C network is built from).
+_CONVS = {v: [(c.in_c, c.out_c, c.k, c.stride, c.pad, int(c.pool_after)) for c in s.convs]
+          for v, s in arch.SPECS.items()}
 _SIZE = {"torchvision": 224, "original": 227}
-_FCS = [(9216, 4096), (4096, 4096), (4096, 1000)]
+_FCS = [(arch.SPECS["torchvision"].fc_in, 4096), (4096, 4096), (4096, 1000)]
 
 
 # ---------------------------------------------------------------- layer plan

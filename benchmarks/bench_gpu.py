@@ -45,16 +45,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import alexnet_c as ac  # noqa: E402
+from alexnet_c import arch  # noqa: E402
 
-# (in_c, out_c, kernel, stride, pad, pool_after), as acn_variant() in csrc/cpu/net.c
-CONVS = {
-    "torchvision": [(3, 64, 11, 4, 2, 1), (64, 192, 5, 1, 2, 1), (192, 384, 3, 1, 1, 0),
-                    (384, 256, 3, 1, 1, 0), (256, 256, 3, 1, 1, 1)],
-    "original": [(3, 96, 11, 4, 0, 1), (96, 256, 5, 1, 2, 1), (256, 384, 3, 1, 1, 0),
-                 (384, 384, 3, 1, 1, 0), (384, 256, 3, 1, 1, 1)],
-}
+# Layer tables from alexnet_c.arch (the same layout the C network is built from).
+CONVS = {v: [(c.in_c, c.out_c, c.k, c.stride, c.pad, int(c.pool_after)) for c in s.convs]
+         for v, s in arch.SPECS.items()}
 SIZE = {"torchvision": 224, "original": 227}
-FCS = [(9216, 4096), (4096, 4096), (4096, 1000)]
+FCS = [(arch.SPECS["torchvision"].fc_in, 4096), (4096, 4096), (4096, 1000)]
 FP32_LANES = {(7, 0): 64, (7, 2): 64, (7, 5): 64, (8, 0): 64}   # others: 128
 
 
