@@ -146,6 +146,14 @@ class AlexNet:
 
     forward = __call__
 
+    def profile(self, x, repeat: int = 1) -> Dict[str, float]:
+        """Milliseconds per stage of the CPU forward pass on x (conv1, pool1, ..., fc3),
+        the median over `repeat` runs; convs and fc1/fc2 include their fused ReLU."""
+        if repeat < 1:
+            raise ValueError(f"profile: repeat must be >= 1, got {repeat}")
+        runs = [self._net.profile(x)[1] for _ in range(repeat)]
+        return {name: 1e3 * float(np.median([dict(r)[name] for r in runs])) for name, _ in runs[0]}
+
     def predict(self, x, topk: int = 5):
         """Top-k (category, probability) per image; x: image(s) or a preprocessed batch."""
         from . import images

@@ -143,6 +143,14 @@ size_t net_arena_floats(const acn_net *net, int N, int H, int W);
 /* out (N,num_classes), inp (N,3,H,W). Thread-safe: concurrent calls on one
  * net are allowed (a busy arena makes the second call use its own). */
 int net_forward_cpu(acn_net *net, float *out, const float *inp, int N, int H, int W);
+/* The same forward, with the wall time of each stage written to seconds[]
+ * (ACN_NUM_STAGES entries, in this order; a stage that does not run gets 0).
+ * Convs and fc1/fc2 include their fused ReLU. */
+enum { ACN_STAGE_CONV1, ACN_STAGE_POOL1, ACN_STAGE_CONV2, ACN_STAGE_POOL2, ACN_STAGE_CONV3,
+       ACN_STAGE_CONV4, ACN_STAGE_CONV5, ACN_STAGE_POOL5, ACN_STAGE_AVGPOOL, ACN_STAGE_FC1,
+       ACN_STAGE_FC2, ACN_STAGE_FC3, ACN_STAGE_LOG_SOFTMAX, ACN_NUM_STAGES };
+int net_forward_cpu_timed(acn_net *net, float *out, const float *inp, int N, int H, int W,
+                          double seconds[ACN_NUM_STAGES]);
 
 /* ---- CUDA (the .cu files in cuda/), present when built with ALEXNET_C_WITH_CUDA -------
  * The *_host_cuda functions take host pointers with the CPU kernel's arguments:

@@ -696,7 +696,8 @@ static int net_ready(NetObject *self)
     return -1;
 }
 
-static PyObject *Net_forward(NetObject *self, PyObject *x_obj)
+/* The forward pass; with seconds != NULL (CPU only) each stage is timed. */
+static PyObject *net_forward_impl(NetObject *self, PyObject *x_obj, double *seconds)
 {
     if (net_ready(self))
         return NULL;
@@ -748,7 +749,7 @@ static PyObject *Net_forward(NetObject *self, PyObject *x_obj)
 #endif
         {
             Py_BEGIN_ALLOW_THREADS
-            st = net_forward_cpu(self->cpu, (float *)PyArray_DATA(out), fdata(x), N, H, W);
+            st = net_forward_cpu_timed(self->cpu, (float *)PyArray_DATA(out), fdata(x), N, H, W, seconds);
             Py_END_ALLOW_THREADS
         }
         if (st != ACN_OK) {
@@ -762,6 +763,45 @@ fail:
     Py_XDECREF(x);
     Py_XDECREF(out);
     return NULL;
+}
+
+static PyObject *Net_forward(NetObject *self, PyObject *x_obj)
+{
+    return net_forward_impl(self, x_obj, NULL);
+}
+
+static PyObject *Net_profile(NetObject *self, PyObject *x_obj)
+{
+    static const char *const names[ACN_NUM_STAGES] = {
+        [ACN_STAGE_CONV1] = "conv1", [ACN_STAGE_POOL1] = "pool1", [ACN_STAGE_CONV2] = "conv2",
+        [ACN_STAGE_POOL2] = "pool2", [ACN_STAGE_CONV3] = "conv3", [ACN_STAGE_CONV4] = "conv4",
+        [ACN_STAGE_CONV5] = "conv5", [ACN_STAGE_POOL5] = "pool5", [ACN_STAGE_AVGPOOL] = "avgpool",
+        [ACN_STAGE_FC1] = "fc1", [ACN_STAGE_FC2] = "fc2", [ACN_STAGE_FC3] = "fc3",
+        [ACN_STAGE_LOG_SOFTMAX] = "log_softmax"};
+    if (self->device != DEV_CPU) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "AlexNet.profile: per-stage times are measured on the CPU path; move the model with "
+                        ".to('cpu') first (for CUDA set ALEXNET_C_CUDA_PROFILE=1)");
+        return NULL;
+    }
+    double seconds[ACN_NUM_STAGES];
+    PyObject *out = net_forward_impl(self, x_obj, seconds);
+    if (out == NULL)
+        return NULL;
+    PyObject *times = PyList_New(0);
+    for (int i = 0; times != NULL && i < ACN_NUM_STAGES; i++) {
+        if (seconds[i] <= 0.0 && (i == ACN_STAGE_AVGPOOL || i == ACN_STAGE_LOG_SOFTMAX))
+            continue;   /* stages this variant or input size does not run */
+        PyObject *item = Py_BuildValue("(sd)", names[i], seconds[i]);
+        if (item == NULL || PyList_Append(times, item) < 0)
+            Py_CLEAR(times);
+        Py_XDECREF(item);
+    }
+    if (times == NULL) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", out, times);
 }
 
 static PyObject *Net_to_device(NetObject *self, PyObject *arg)
@@ -821,6 +861,8 @@ static PyObject *Net_arena_bytes(NetObject *self, PyObject *args)
 
 static PyMethodDef Net_methods[] = {
     {"forward", (PyCFunction)Net_forward, METH_O, "forward(x) -> (N, num_classes) float32"},
+    {"profile", (PyCFunction)Net_profile, METH_O,
+     "profile(x) -> (output, [(stage, seconds), ...]): the CPU forward with each stage timed"},
     {"to_device", (PyCFunction)Net_to_device, METH_O, "to_device(0 cpu | 1 cuda)"},
     {"arena_bytes", (PyCFunction)Net_arena_bytes, METH_VARARGS, "activation memory for (N, H, W)"},
     {NULL, NULL, 0, NULL},

@@ -171,3 +171,27 @@ def test_model_pickles(tmp_path):
     m2 = pickle.loads(pickle.dumps(m))
     x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
     np.testing.assert_array_equal(m(x), m2(x))
+
+
+_STAGES = ["conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5"]
+_FC = ["fc1", "fc2", "fc3"]
+
+
+@pytest.mark.parametrize("variant, size, stages", [
+    ("torchvision", (224, 224), _STAGES + _FC),
+    ("torchvision", (256, 320), _STAGES + ["avgpool"] + _FC),
+    ("original", (227, 227), _STAGES + _FC + ["log_softmax"]),
+])
+def test_profile_times_every_stage_of_the_real_forward(variant, size, stages):
+    m = ac.AlexNet(variant=variant, num_classes=11, seed=3)
+    x = np.random.default_rng(0).standard_normal((2, 3) + size).astype(np.float32)
+    out, times = m._net.profile(x)
+    np.testing.assert_array_equal(out, m(x))   # the same forward, bit for bit
+    assert [name for name, _ in times] == stages
+    assert all(isinstance(s, float) and s > 0 for _, s in times)
+    ms = m.profile(x, repeat=3)
+    assert list(ms) == stages and all(v > 0 for v in ms.values())
+    with pytest.raises(ValueError, match="repeat must be >= 1, got 0"):
+        m.profile(x, repeat=0)
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        m.profile(np.zeros((2, 4, 224, 224), np.float32))

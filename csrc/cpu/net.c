@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static const acn_variant_spec variants[2] = {
@@ -156,9 +157,39 @@ static int fits_in_memory(size_t floats)
     return floats != SIZE_MAX && floats <= SIZE_MAX / sizeof(float) && acn_fits_in_memory(floats * sizeof(float));
 }
 
-static int run_layers(const acn_net *net, float *out, const float *inp, int N, int H, int W, float *arena,
-                      size_t half)
+static double now_seconds(void)
 {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Stage timer: a no-op unless the caller asked for times. */
+typedef struct { double *seconds; double t; } stage_clock;
+
+static void stage_done(stage_clock *clk, int stage)
+{
+    if (clk->seconds == NULL)
+        return;
+    const double t = now_seconds();
+    clk->seconds[stage] = t - clk->t;
+    clk->t = t;
+}
+
+static int run_layers(const acn_net *net, float *out, const float *inp, int N, int H, int W, float *arena,
+                      size_t half, double *seconds)
+{
+    static const int conv_stage[ACN_NUM_CONV] = {ACN_STAGE_CONV1, ACN_STAGE_CONV2, ACN_STAGE_CONV3,
+                                                 ACN_STAGE_CONV4, ACN_STAGE_CONV5};
+    /* Only the layers with pool_after set reach pool_stage[]. */
+    static const int pool_stage[ACN_NUM_CONV] = {ACN_STAGE_POOL1, ACN_STAGE_POOL2, ACN_STAGE_POOL5,
+                                                 ACN_STAGE_POOL5, ACN_STAGE_POOL5};
+    stage_clock clk = {seconds, 0.0};
+    if (seconds != NULL) {
+        for (int i = 0; i < ACN_NUM_STAGES; i++)
+            seconds[i] = 0.0;
+        clk.t = now_seconds();
+    }
     const acn_variant_spec *s = net->spec;
     float *buf[2] = {arena, arena + half};
     int which = 0, C = 3, st;
@@ -178,6 +209,7 @@ static int run_layers(const acn_net *net, float *out, const float *inp, int N, i
                                     c->k, c->k, c->stride, c->stride, c->pad, c->pad, 1, 1, NULL);
         if (st != ACN_OK)
             return st;
+        stage_done(&clk, conv_stage[l]);
         C = c->out_c;
         H = out_size(H, c->k, c->stride, c->pad);
         W = out_size(W, c->k, c->stride, c->pad);
@@ -187,6 +219,7 @@ static int run_layers(const acn_net *net, float *out, const float *inp, int N, i
             const int OH = out_size(H, POOL_K, POOL_S, 0), OW = out_size(W, POOL_K, POOL_S, 0);
             dst = buf[which];
             max_pool2d_forward_cpu(dst, src, N * C, H, W, POOL_K, POOL_K, POOL_S, POOL_S, 0, 0, OH, OW);
+            stage_done(&clk, pool_stage[l]);
             H = OH;
             W = OW;
             src = dst;
@@ -198,6 +231,7 @@ static int run_layers(const acn_net *net, float *out, const float *inp, int N, i
             return ACN_EINVAL;
         float *dst = buf[which];
         adaptive_avg_pool2d_forward_cpu(dst, src, N * C, H, W, AVG_OUT, AVG_OUT);
+        stage_done(&clk, ACN_STAGE_AVGPOOL);
         src = dst;
         which ^= 1;
     }
@@ -210,15 +244,24 @@ static int run_layers(const acn_net *net, float *out, const float *inp, int N, i
                                 N, fc_in[l], fc_out[l], !last);
         if (st != ACN_OK)
             return st;
+        stage_done(&clk, ACN_STAGE_FC1 + l);
         src = dst;
         which ^= 1;
     }
-    if (s->log_softmax)
+    if (s->log_softmax) {
         log_softmax_forward_cpu(out, out, (size_t)N, (size_t)net->num_classes, 1);
+        stage_done(&clk, ACN_STAGE_LOG_SOFTMAX);
+    }
     return ACN_OK;
 }
 
 int net_forward_cpu(acn_net *net, float *out, const float *inp, int N, int H, int W)
+{
+    return net_forward_cpu_timed(net, out, inp, N, H, W, NULL);
+}
+
+int net_forward_cpu_timed(acn_net *net, float *out, const float *inp, int N, int H, int W,
+                          double seconds[ACN_NUM_STAGES])
 {
     if (N == 0)
         return ACN_OK;
@@ -238,14 +281,14 @@ int net_forward_cpu(acn_net *net, float *out, const float *inp, int N, int H, in
             net->arena = malloc(total * sizeof(float));
             net->arena_floats = net->arena ? total : 0;
         }
-        int st = net->arena ? run_layers(net, out, inp, N, H, W, net->arena, half) : ACN_ENOMEM;
+        int st = net->arena ? run_layers(net, out, inp, N, H, W, net->arena, half, seconds) : ACN_ENOMEM;
         pthread_mutex_unlock(&net->arena_lock);
         return st;
     }
     float *own = malloc(total * sizeof(float));
     if (own == NULL)
         return ACN_ENOMEM;
-    int st = run_layers(net, out, inp, N, H, W, own, half);
+    int st = run_layers(net, out, inp, N, H, W, own, half, seconds);
     free(own);
     return st;
 }
