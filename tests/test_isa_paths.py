@@ -57,6 +57,7 @@ CONV_CASES = [
     (1, 300, 5, 5, 13, 1, 1, 0, 1),       # 1x1, K=300 not a multiple of anything
     (1, 4, 12, 12, 6, 5, 3, 2, 2),        # groups=2 with 3 output channels per group, stride 3
     (64, 16, 6, 6, 12, 3, 1, 1, 1),       # batch 64 through the column split
+    (2, 260, 7, 7, 17, 3, 1, 1, 1),       # K=2340 > 2048: two equal depth blocks, C re-read
 ]
 
 
@@ -81,10 +82,13 @@ def test_conv2d_no_bias(isa):
     close(ac.conv2d(x, w, None, 1, 1), ref, f"conv2d no bias {isa}")
 
 
-# (N, In, Out): batch 1/3/9/64 crosses the FC tiling (4 weight rows x 6 inputs) and
-# In not a multiple of 16/8 exercises the masked / scalar tails.
+# (N, In, Out): batch 1/3/7 stream the weights in place; 8/9 (AVX-512) and 16/64
+# (every ISA) go through the packed GEMM with W^T packed per call; In not a
+# multiple of 16/8 exercises the masked / scalar tails and of the 16x16
+# transposes, In > 2048 two depth blocks, Out not a multiple of 48 partial panels.
 LINEAR_CASES = [(1, 9216, 37), (3, 100, 7), (9, 1030, 101), (64, 333, 45), (2, 5, 3),
-                (1, 17, 1), (8, 2051, 66), (64, 1500, 130), (7, 1, 9)]
+                (1, 17, 1), (8, 2051, 66), (64, 1500, 130), (7, 1, 9), (16, 4099, 97),
+                (17, 0, 5), (12, 31, 1)]
 
 
 @pytest.mark.parametrize("case", LINEAR_CASES, ids=lambda c: "x".join(map(str, c)))

@@ -27,73 +27,83 @@ typedef struct {
     int avx512;                /* copy runs with masked AVX-512 loads/stores */
 } im2col_ctx;
 
+/* A piece of one packed row: len (<= 16) floats from src + k-offset to dst. */
 typedef struct { ptrdiff_t src; int off, len; } col_run;
 
-/* o[0..len) = src[0..len). */
-static inline void copy_run(float *o, const float *src, int len)
-{
-    memcpy(o, src, (size_t)len * sizeof(float));
-}
+enum { MAX_RUNS = 128, KOFF_BLOCK = 256 };
 
 #if ACN_X86
 #include <immintrin.h>
-/* Masked load + masked store: one pair per 16 columns, no call, no tail loop. */
+/* One masked load + store per run of <= 16 columns: no call, no tail loop. */
 __attribute__((target("avx512f")))
-static void pack_runs_avx512(float *dk, const float *src, const col_run *runs, int nruns)
+static void pack_rows_avx512(float *d, int NR, const float *img, const ptrdiff_t *koff, int kc,
+                             const col_run *runs, int nruns)
 {
-    for (int i = 0; i < nruns; i++) {
-        const float *s = src + runs[i].src;
-        float *o = dk + runs[i].off;
-        int len = runs[i].len;
-        for (; len >= 16; len -= 16, s += 16, o += 16)
-            _mm512_storeu_ps(o, _mm512_loadu_ps(s));
-        if (len > 0) {
-            const __mmask16 m = (__mmask16)((1u << len) - 1u);
-            _mm512_mask_storeu_ps(o, m, _mm512_maskz_loadu_ps(m, s));
-        }
+    __mmask16 mask[MAX_RUNS];
+    for (int i = 0; i < nruns; i++)
+        mask[i] = (__mmask16)((1u << runs[i].len) - 1u);
+    for (int k = 0; k < kc; k++, d += NR) {
+        const float *src = img + koff[k];
+        for (int i = 0; i < nruns; i++)
+            _mm512_mask_storeu_ps(d + runs[i].off, mask[i], _mm512_maskz_loadu_ps(mask[i], src + runs[i].src));
     }
 }
 #endif
 
+static void pack_rows_plain(float *d, int NR, const float *img, const ptrdiff_t *koff, int kc,
+                            const col_run *runs, int nruns)
+{
+    for (int k = 0; k < kc; k++, d += NR) {
+        const float *src = img + koff[k];
+        for (int i = 0; i < nruns; i++)
+            memcpy(d + runs[i].off, src + runs[i].src, (size_t)runs[i].len * sizeof(float));
+    }
+}
+
 /* Row k of col is (c, kh, kw); column j is (n, oh, ow). A panel's NR columns
- * break into a few runs that share (n, oh); each run is a contiguous slice of
- * one padded (phase) input row, whose offset is computed once per panel. */
+ * break into runs that share (n, oh), each a contiguous slice of one padded
+ * (phase) input row, cut into pieces of <= 16. Where row k starts (koff) is
+ * computed once per call and where each run starts once per panel, so the
+ * copy loop does no index arithmetic: packing B would otherwise cost as much
+ * as conv1's arithmetic (64 output channels reuse each packed float only 64
+ * times). */
 static void pack_b_im2col(float *dst, const void *vctx, int p0, int kc, int j0, int ncols, int NR)
 {
     const im2col_ctx *x = vctx;
     const int khw = x->KH * x->KW;
-    col_run runs[64];
-    for (int panel = 0; panel * NR < ncols; panel++) {
-        const int jbase = j0 + panel * NR;
-        const int jn = ncols - panel * NR < NR ? ncols - panel * NR : NR;
-        float *d = dst + (size_t)panel * kc * NR;
-        int nruns = 0;
-        for (int j = 0; j < jn;) {
-            const int jj = jbase + j, n = jj / x->P, p = jj - n * x->P;
-            const int oh = p / x->OW, ow = p - oh * x->OW;
-            int len = x->OW - ow;
-            if (len > jn - j) len = jn - j;
-            runs[nruns++] = (col_run){n * x->img_stride + (ptrdiff_t)oh * x->SH * x->row_stride + ow, j, len};
-            j += len;
+    ptrdiff_t koff[KOFF_BLOCK];
+    col_run runs[MAX_RUNS];
+    for (int k0 = 0; k0 < kc; k0 += KOFF_BLOCK) {
+        const int kn = kc - k0 < KOFF_BLOCK ? kc - k0 : KOFF_BLOCK;
+        for (int k = 0; k < kn; k++) {
+            const int p = p0 + k0 + k, c = p / khw, kh = (p % khw) / x->KW, kw = p % x->KW;
+            koff[k] = (ptrdiff_t)c * x->ch_stride + (ptrdiff_t)kh * x->row_stride
+                    + (ptrdiff_t)(kw % x->SW) * x->Wq + kw / x->SW;
         }
-        int c = p0 / khw, kh = (p0 % khw) / x->KW, kw = p0 % x->KW;
-        for (int k = 0; k < kc; k++) {
-            float *dk = d + (size_t)k * NR;
-            const float *src = x->img + (ptrdiff_t)c * x->ch_stride + (ptrdiff_t)kh * x->row_stride
-                             + (ptrdiff_t)(kw % x->SW) * x->Wq + kw / x->SW;
-#if ACN_X86
-            if (x->avx512)
-                pack_runs_avx512(dk, src, runs, nruns);
-            else
-#endif
-                for (int i = 0; i < nruns; i++)
-                    copy_run(dk + runs[i].off, src + runs[i].src, runs[i].len);
-            for (int j = jn; j < NR; j++)
-                dk[j] = 0.0f;
-            if (++kw == x->KW) {
-                kw = 0;
-                if (++kh == x->KH) { kh = 0; c++; }
+        for (int panel = 0; panel * NR < ncols; panel++) {
+            const int jbase = j0 + panel * NR;
+            const int jn = ncols - panel * NR < NR ? ncols - panel * NR : NR;
+            float *d = dst + ((size_t)panel * kc + k0) * NR;
+            int nruns = 0;
+            for (int j = 0; j < jn && nruns < MAX_RUNS;) {
+                const int jj = jbase + j, n = jj / x->P, p = jj - n * x->P;
+                const int oh = p / x->OW, ow = p - oh * x->OW;
+                int len = x->OW - ow;
+                if (len > jn - j) len = jn - j;
+                if (len > 16) len = 16;
+                runs[nruns++] = (col_run){n * x->img_stride + (ptrdiff_t)oh * x->SH * x->row_stride + ow, j, len};
+                j += len;
             }
+            if (jn < NR)
+                for (int k = 0; k < kn; k++)
+                    memset(d + (size_t)k * NR + jn, 0, (size_t)(NR - jn) * sizeof(float));
+#if ACN_X86
+            if (x->avx512) {
+                pack_rows_avx512(d, NR, x->img, koff, kn, runs, nruns);
+                continue;
+            }
+#endif
+            pack_rows_plain(d, NR, x->img, koff, kn, runs, nruns);
         }
     }
 }
