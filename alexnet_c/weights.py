@@ -24,6 +24,11 @@ import secrets
 import struct
 import zipfile
 import zlib
+
+try:   # the optional [fast] extra: zlib-ng's CRC-32 runs ~3x faster than zlib 1.2's (9 vs 3 GB/s)
+    from zlib_ng.zlib_ng import crc32 as _crc32
+except ImportError:  # pragma: no cover - exercised by tests that patch _crc32
+    from zlib import crc32 as _crc32
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
@@ -877,7 +882,7 @@ def _zip_members(f: Any, zf: zipfile.ZipFile, file_size: int, *,
 
 
 def _crc_check(m: _Member, data: Any) -> None:
-    if zlib.crc32(data) & 0xFFFFFFFF != m.info.CRC:
+    if _crc32(data) & 0xFFFFFFFF != m.info.CRC:
         raise WeightsError(f"zip member {m.name!r}: CRC-32 mismatch, the content is corrupted")
 
 
@@ -890,7 +895,7 @@ def _read_member(f: Any, m: _Member) -> np.ndarray:
 def _read_members_checked(f: Any, wanted: Dict[str, _Member]) -> Dict[str, np.ndarray]:
     """Reads members into fresh buffers and checks their CRC-32s. For big files
     the checksum of one member runs on a second thread while the next is read
-    (zlib releases the GIL), which hides most of its cost."""
+    (zlib and zlib-ng release the GIL), which hides most of its cost."""
     total = sum(m.size for m in wanted.values())
     buffers: Dict[str, np.ndarray] = {}
     if total < (32 << 20):
@@ -903,7 +908,7 @@ def _read_members_checked(f: Any, wanted: Dict[str, _Member]) -> Dict[str, np.nd
         pending = []
         for key, m in sorted(wanted.items(), key=lambda km: km[1].data_offset):
             buffers[key] = _readinto_exact(f, m.data_offset, m.size, f"zip member {m.name!r}")
-            pending.append((m, pool.submit(zlib.crc32, buffers[key])))
+            pending.append((m, pool.submit(_crc32, buffers[key])))
         for m, crc in pending:
             if crc.result() & 0xFFFFFFFF != m.info.CRC:
                 raise WeightsError(f"zip member {m.name!r}: CRC-32 mismatch, the content is corrupted")
@@ -917,7 +922,7 @@ def _crc_stream(f: Any, m: _Member) -> None:
         chunk = f.read(min(left, _CHUNK))
         if not chunk:
             raise WeightsError(f"zip member {m.name!r} is truncated")
-        crc = zlib.crc32(chunk, crc)
+        crc = _crc32(chunk, crc)
         left -= len(chunk)
     if crc & 0xFFFFFFFF != m.info.CRC:
         raise WeightsError(f"zip member {m.name!r}: CRC-32 mismatch, the content is corrupted")

@@ -359,6 +359,26 @@ def test_zip_crc_mismatch(tmp_path):
     refused(p, "CRC-32")
 
 
+@pytest.mark.parametrize("impl", ["zlib", "zlib_ng"])
+@pytest.mark.parametrize("numel", [6, 9_000_000], ids=["small", "36MB-threaded"])
+def test_crc_checked_by_either_implementation(tmp_path, monkeypatch, impl, numel):
+    """zlib-ng (the [fast] extra) and the stdlib fallback accept the same good file
+    and refuse the same flipped bit, on the serial and the threaded read path."""
+    import zlib
+    from zlib_ng import zlib_ng
+    from alexnet_c import weights
+    monkeypatch.setattr(weights, "_crc32", zlib.crc32 if impl == "zlib" else zlib_ng.crc32)
+    p = tmp_path / "w.pth"
+    w = torch.arange(numel, dtype=torch.float32)
+    torch.save({"w": w}, p)
+    np.testing.assert_array_equal(read_state_dict(p)["w"], w.numpy())
+    raw = bytearray(p.read_bytes())
+    pos = raw.find(np.arange(numel, dtype=np.float32)[-4:].tobytes())
+    raw[pos + 9] ^= 0x10
+    p.write_bytes(bytes(raw))
+    refused(p, "CRC-32")
+
+
 def test_zip_overlapping_members(tmp_path):
     """Member data/1 hidden inside the bytes of data/0, both listed in the central
     directory: the zip-bomb shape where many names read one region."""
