@@ -25,12 +25,13 @@ typedef struct {
     ptrdiff_t row_stride;      /* floats between padded rows: SW * Wq */
     int Wq, KH, KW, SH, SW, OW, P;
     int avx512;                /* copy runs with masked AVX-512 loads/stores */
+    const ptrdiff_t *koff;     /* koff[k]: where row k = (c, kh, kw) starts, from img */
 } im2col_ctx;
 
 /* A piece of one packed row: len (<= 16) floats from src + k-offset to dst. */
 typedef struct { ptrdiff_t src; int off, len; } col_run;
 
-enum { MAX_RUNS = 128, KOFF_BLOCK = 256 };
+enum { MAX_RUNS = 128 };
 
 #if ACN_X86
 #include <immintrin.h>
@@ -63,48 +64,38 @@ static void pack_rows_plain(float *d, int NR, const float *img, const ptrdiff_t 
 /* Row k of col is (c, kh, kw); column j is (n, oh, ow). A panel's NR columns
  * break into runs that share (n, oh), each a contiguous slice of one padded
  * (phase) input row, cut into pieces of <= 16. Where row k starts (koff) is
- * computed once per call and where each run starts once per panel, so the
- * copy loop does no index arithmetic: packing B would otherwise cost as much
- * as conv1's arithmetic (64 output channels reuse each packed float only 64
- * times). */
+ * computed once per convolution and where each run starts once per panel, so
+ * the copy loop does no index arithmetic: packing B would otherwise cost as
+ * much as conv1's arithmetic (64 output channels reuse each packed float only
+ * 64 times). */
 static void pack_b_im2col(float *dst, const void *vctx, int p0, int kc, int j0, int ncols, int NR)
 {
     const im2col_ctx *x = vctx;
-    const int khw = x->KH * x->KW;
-    ptrdiff_t koff[KOFF_BLOCK];
     col_run runs[MAX_RUNS];
-    for (int k0 = 0; k0 < kc; k0 += KOFF_BLOCK) {
-        const int kn = kc - k0 < KOFF_BLOCK ? kc - k0 : KOFF_BLOCK;
-        for (int k = 0; k < kn; k++) {
-            const int p = p0 + k0 + k, c = p / khw, kh = (p % khw) / x->KW, kw = p % x->KW;
-            koff[k] = (ptrdiff_t)c * x->ch_stride + (ptrdiff_t)kh * x->row_stride
-                    + (ptrdiff_t)(kw % x->SW) * x->Wq + kw / x->SW;
+    for (int panel = 0; panel * NR < ncols; panel++) {
+        const int jbase = j0 + panel * NR;
+        const int jn = ncols - panel * NR < NR ? ncols - panel * NR : NR;
+        float *d = dst + (size_t)panel * kc * NR;
+        int nruns = 0;
+        for (int j = 0; j < jn && nruns < MAX_RUNS;) {
+            const int jj = jbase + j, n = jj / x->P, p = jj - n * x->P;
+            const int oh = p / x->OW, ow = p - oh * x->OW;
+            int len = x->OW - ow;
+            if (len > jn - j) len = jn - j;
+            if (len > 16) len = 16;
+            runs[nruns++] = (col_run){n * x->img_stride + (ptrdiff_t)oh * x->SH * x->row_stride + ow, j, len};
+            j += len;
         }
-        for (int panel = 0; panel * NR < ncols; panel++) {
-            const int jbase = j0 + panel * NR;
-            const int jn = ncols - panel * NR < NR ? ncols - panel * NR : NR;
-            float *d = dst + ((size_t)panel * kc + k0) * NR;
-            int nruns = 0;
-            for (int j = 0; j < jn && nruns < MAX_RUNS;) {
-                const int jj = jbase + j, n = jj / x->P, p = jj - n * x->P;
-                const int oh = p / x->OW, ow = p - oh * x->OW;
-                int len = x->OW - ow;
-                if (len > jn - j) len = jn - j;
-                if (len > 16) len = 16;
-                runs[nruns++] = (col_run){n * x->img_stride + (ptrdiff_t)oh * x->SH * x->row_stride + ow, j, len};
-                j += len;
-            }
-            if (jn < NR)
-                for (int k = 0; k < kn; k++)
-                    memset(d + (size_t)k * NR + jn, 0, (size_t)(NR - jn) * sizeof(float));
+        if (jn < NR)
+            for (int k = 0; k < kc; k++)
+                memset(d + (size_t)k * NR + jn, 0, (size_t)(NR - jn) * sizeof(float));
 #if ACN_X86
-            if (x->avx512) {
-                pack_rows_avx512(d, NR, x->img, koff, kn, runs, nruns);
-                continue;
-            }
-#endif
-            pack_rows_plain(d, NR, x->img, koff, kn, runs, nruns);
+        if (x->avx512) {
+            pack_rows_avx512(d, NR, x->img, x->koff + p0, kc, runs, nruns);
+            continue;
         }
+#endif
+        pack_rows_plain(d, NR, x->img, x->koff + p0, kc, runs, nruns);
     }
 }
 
@@ -124,7 +115,8 @@ static void to_padded_layout(float *dst, const float *inp, int planes, int H, in
 {
     const int Hp = H + 2 * PH, Wq = (W + 2 * PW + SW - 1) / SW;
     const size_t row = (size_t)SW * Wq;
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && planes > 16)
+    /* Split over (plane, row): batch 1's conv1 input has only 3 planes. */
+#pragma omp parallel for collapse(2) schedule(static) num_threads(nt) if (nt > 1 && (size_t)planes * Hp * row > 32768)
     for (int pl = 0; pl < planes; pl++) {
         for (int h = 0; h < Hp; h++) {
             float *d = dst + ((size_t)pl * Hp + h) * row;
@@ -194,9 +186,17 @@ int acn_conv2d_packed(float *out, const float *inp, const float *packed, const a
         img = work;
     }
     const ptrdiff_t row_stride = (ptrdiff_t)SW * Wq, ch_stride = (ptrdiff_t)Hp * row_stride;
+    /* The calling thread's buffer, read by the whole team below. */
+    ptrdiff_t *koff = (ptrdiff_t *)acn_thread_buffer(ACN_TLS_CONV_ROWS, (size_t)Kg * sizeof *koff / sizeof(float));
+    if (koff == NULL)
+        return ACN_ENOMEM;
+    for (int k = 0, khw = KH * KW; k < Kg; k++) {
+        const int c = k / khw, kh = k % khw / KW, kw = k % KW;
+        koff[k] = (ptrdiff_t)c * ch_stride + (ptrdiff_t)kh * row_stride + (ptrdiff_t)(kw % SW) * Wq + kw / SW;
+    }
     for (int g = 0; g < groups; g++) {
         im2col_ctx ctx = {img + (size_t)g * Cg * ch_stride, (ptrdiff_t)C * ch_stride, ch_stride, row_stride,
-                          Wq, KH, KW, SH, SW, OW, P, uk->isa == ACN_ISA_AVX512};
+                          Wq, KH, KW, SH, SW, OW, P, uk->isa == ACN_ISA_AVX512, koff};
         acn_gemm_plan plan = {
             .uk = uk, .pa = packed + g * per_group, .M = OCg, .N = N * P, .K = Kg,
             .pack_b = pack_b_im2col, .b_ctx = &ctx,

@@ -17,7 +17,7 @@ int acn_isa_init_from_env(void);
 
 /* Grow-only buffer owned by the calling OS thread and freed when it exits, so
  * repeated kernel calls allocate nothing and ended threads leak nothing. */
-enum { ACN_TLS_PACK_A = 0, ACN_TLS_PACK_B = 1, ACN_TLS_WORK = 2, ACN_TLS_SLOTS = 3 };
+enum { ACN_TLS_PACK_A = 0, ACN_TLS_PACK_B = 1, ACN_TLS_WORK = 2, ACN_TLS_CONV_ROWS = 3, ACN_TLS_SLOTS = 4 };
 float *acn_thread_buffer(int slot, size_t floats);
 
 /* ---- GEMM internals (gemm.c) ----
