@@ -133,11 +133,16 @@ static void to_padded_layout(float *dst, const float *inp, int planes, int H, in
                 continue;
             }
             for (int r = 0; r < SW; r++) {
+                /* phase r holds input columns iw = j*SW + r - PW; [j0, j1) are inside */
                 float *dp = d + (size_t)r * Wq;
-                for (int j = 0; j < Wq; j++) {
-                    const int iw = j * SW + r - PW;
-                    dp[j] = (iw >= 0 && iw < W) ? s[iw] : 0.0f;
-                }
+                const int j0 = PW - r > 0 ? (PW - r + SW - 1) / SW : 0;
+                int j1 = W + PW - r > 0 ? (W + PW - r + SW - 1) / SW : 0;
+                if (j1 > Wq) j1 = Wq;
+                if (j1 < j0) j1 = j0;
+                const float *sp = s + (ptrdiff_t)j0 * SW + r - PW;
+                for (int j = 0; j < j0; j++) dp[j] = 0.0f;
+                for (int j = j0; j < j1; j++) dp[j] = sp[(ptrdiff_t)(j - j0) * SW];
+                for (int j = j1; j < Wq; j++) dp[j] = 0.0f;
             }
         }
     }
