@@ -192,6 +192,78 @@ def bench_layers(variant: str, batch: int, reps: int, peak: float) -> List[dict]
     return rows
 
 
+def stage_plan(variant: str, hw: int) -> List[dict]:
+    """The stages AlexNet.profile reports: each ReLU folded into the conv / fc before it."""
+    stages: List[dict] = []
+    for l in layer_plan(variant, hw):
+        if l["kind"] == "relu":
+            stages[-1]["relu"] = True
+            continue
+        stages.append(dict(l, name="avgpool" if l["kind"] == "avg" else l["name"], relu=False))
+    if variant == "original":
+        stages.append(dict(name="log_softmax", kind="log_softmax", macs=0, relu=False))
+    return stages
+
+
+def bench_stages(variant: str, batch: int, reps: int, peak: float) -> List[dict]:
+    """Each stage inside the forward pass: alexnet_c's own (AlexNet.profile, the real
+    C forward with its fused ReLUs) vs the same stages through torch.nn.functional on
+    the same weights and activations, the two passes run alternately."""
+    import torch
+    import torch.nn.functional as F
+    ours, _ = build_models(variant)
+    sd = {k: torch.from_numpy(np.array(v)) for k, v in ours.state_dict().items()}
+    weights = iter([(sd[w], sd[b]) for w, b in zip(list(sd)[0::2], list(sd)[1::2])])
+    plan = stage_plan(variant, _SIZE[variant])
+    fns = []
+    for st in plan:
+        kind, relu = st["kind"], st["relu"]
+        if kind in ("conv", "fc"):
+            w, b = next(weights)
+            if kind == "conv":
+                f = (lambda a, w=w, b=b, s=st["stride"], p=st["pad"]: F.conv2d(a, w, b, s, p))
+            else:
+                f = (lambda a, w=w, b=b: F.linear(a.flatten(1), w, b))
+            fns.append((lambda a, f=f: F.relu(f(a))) if relu else f)
+        elif kind == "pool":
+            fns.append(lambda a: F.max_pool2d(a, 3, 2))
+        elif kind == "log_softmax":
+            fns.append(lambda a: F.log_softmax(a, 1))
+        else:
+            fns.append(lambda a: F.adaptive_avg_pool2d(a, (6, 6)))
+    x = np.random.default_rng(0).random((batch, 3, _SIZE[variant], _SIZE[variant]), dtype=np.float32)
+
+    def torch_pass() -> List[float]:
+        a, times = torch.from_numpy(x), []
+        with torch.no_grad():
+            for f in fns:
+                t = time.perf_counter()
+                a = f(a)
+                times.append(time.perf_counter() - t)
+        return times
+
+    ours_runs, torch_runs = [], []
+    ours.profile(x)
+    torch_pass()
+    for _ in range(reps):
+        ours_runs.append(dict(ours._net.profile(x)[1]))
+        torch_runs.append(torch_pass())
+    rows = []
+    for i, st in enumerate(plan):
+        a = float(np.median([r.get(st["name"], 0.0) for r in ours_runs]))
+        t = float(np.median([r[i] for r in torch_runs]))
+        row = dict(layer=st["name"], ours_ms=a * 1e3, torch_ms=t * 1e3, ratio=a / t if t > 0 else float("nan"))
+        flops = 2.0 * st["macs"] * batch
+        if flops and a > 0:
+            row.update(ours_gflops=flops / a / 1e9, torch_gflops=flops / t / 1e9,
+                       ours_pct_peak=100.0 * flops / a / 1e9 / peak,
+                       torch_pct_peak=100.0 * flops / t / 1e9 / peak)
+        if st["kind"] == "fc" and a > 0:
+            row["ours_weight_gbs"] = 4.0 * st["macs"] / a / 1e9
+        rows.append(row)
+    return rows
+
+
 # ---------------------------------------------------------------- lightness
 
 _RSS_OURS = r"""
@@ -318,7 +390,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--variants", default=None, help="comma list: torchvision,original (default both)")
     p.add_argument("--batches", default="1,64", help="comma list of batch sizes (default 1,64)")
     p.add_argument("--reps", type=int, default=None, help="timed runs per batch (default 20 at batch 1, 5 else)")
-    p.add_argument("--no-layers", action="store_true", help="skip the per-layer tables")
+    p.add_argument("--no-layers", action="store_true", help="skip the per-stage tables")
+    p.add_argument("--ops-layers", action="store_true",
+                   help="also time each layer alone through the ops API (alexnet_c.conv2d & co., which "
+                        "pack weights per call) against torch.nn.functional")
     p.add_argument("--layer-batches", default=None, help="batch sizes for the per-layer tables (default: --batches)")
     p.add_argument("--no-lightness", action="store_true", help="skip RSS / import / load measurements")
     p.add_argument("--checkpoint", default=None, help="torchvision .pth for the lightness runs "
@@ -362,15 +437,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     plot_rows = None
     if not args.no_layers:
+        results["stages"] = {}
+        for v in variants:
+            for n in layer_batches:
+                reps = args.reps or ((5 if args.quick else 20) if n == 1 else (2 if args.quick else 5))
+                rows = bench_stages(v, n, reps, peak)
+                results["stages"][f"{v}/{n}"] = rows
+                print(f"\nper stage inside the forward pass, {v}, batch {n} (ours: AlexNet.profile; torch: the "
+                      f"same stages via torch.nn.functional; alternating, median of {reps}):")
+                print(_fmt_layers(rows), flush=True)
+                if plot_rows is None:
+                    plot_rows = [(r["layer"], r["ours_ms"], r["torch_ms"]) for r in rows]
+    if args.ops_layers:
         for v in variants:
             for n in layer_batches:
                 reps = args.reps or ((5 if args.quick else 20) if n == 1 else (2 if args.quick else 5))
                 rows = bench_layers(v, n, reps, peak)
                 results["layers"][f"{v}/{n}"] = rows
-                print(f"\nper layer, {v}, batch {n} (ops API, alternating, median of {reps}):")
+                print(f"\nper layer alone, {v}, batch {n} (ops API, alternating, median of {reps}):")
                 print(_fmt_layers(rows), flush=True)
-                if plot_rows is None:
-                    plot_rows = [(r["layer"], r["ours_ms"], r["torch_ms"]) for r in rows]
 
     if not (args.no_lightness or args.quick):
         li = bench_lightness(args.checkpoint, args.threads, 64, 3)

@@ -1,0 +1,30 @@
+"""The benchmark's per-stage table lines up with AlexNet.profile, stage for stage."""
+import numpy as np
+import pytest
+
+import alexnet_c as ac
+from alexnet_c import bench
+
+pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("variant, size", [("torchvision", 224), ("original", 227)])
+def test_stage_plan_names_match_profile(variant, size):
+    m = ac.AlexNet(variant=variant, seed=0)
+    x = np.zeros((1, 3, size, size), np.float32)
+    profiled = list(m.profile(x))
+    planned = [s["name"] for s in bench.stage_plan(variant, size)]
+    # the 6x6 average pool of torchvision at 224 is an identity that the C forward skips
+    assert [n for n in planned if n in profiled] == profiled
+    assert set(planned) - set(profiled) <= {"avgpool"}
+
+
+def test_bench_stages_rows():
+    rows = bench.bench_stages("torchvision", 1, 1, peak=100.0)
+    assert [r["layer"] for r in rows] == [s["name"] for s in bench.stage_plan("torchvision", 224)]
+    for r in rows:
+        assert r["torch_ms"] > 0
+        assert r["ours_ms"] > 0 or r["layer"] == "avgpool"
+    convs = [r for r in rows if r["layer"].startswith("conv")]
+    assert len(convs) == 5 and all(r["ours_gflops"] > 0 for r in convs)
+    assert all("ours_weight_gbs" in r for r in rows if r["layer"].startswith("fc"))
