@@ -1,11 +1,12 @@
 /* Packed SGEMM: the engine under convolution and the fully-connected layers.
  *
  * A (the weights) is packed once into MR-row panels over all of K (conv weights
- * when a net is built; other callers pack per call). Each thread owns a range of
- * output columns and runs the whole GEMM for it alone: no barrier, no shared
- * packing buffer, so two cores never wait for each other inside a layer.
+ * when a net is built; other callers pack per call). Threads take chunks of
+ * output columns from a shared counter and run the whole GEMM for each alone:
+ * no barrier, no shared packing buffer, and a core that runs slow for a while
+ * (a busy host) simply takes fewer chunks.
  *
- * Per thread (BLIS order, without the MC loop since A is pre-packed):
+ * Per chunk of columns (BLIS order, without the MC loop since A is pre-packed):
  *   column block (~640 KB of packed B) -> depth block of KC: pack B (L2)
  *     -> B micro-panel (KC x NR) -> A panels streaming from L2
  *     -> micro-kernel (gemm_<isa>.c).
@@ -143,6 +144,21 @@ static inline void one_tile(const acn_gemm_plan *g, const float *pack_b, int kc,
         col_bias_relu(g, row, col, m, n);
 }
 
+/* Depth block: all of K up to KC_MAX, else K split evenly. */
+static int depth_block(int K)
+{
+    const int blocks = (K + KC_MAX - 1) / KC_MAX;
+    return (K + blocks - 1) / blocks;
+}
+
+/* Column panels per packed-B block (at least one). */
+static int block_panels(const acn_gemm_plan *g)
+{
+    const int KC = g->K > 0 ? depth_block(g->K) : 1;
+    const int fit = (int)(PACK_B_BYTES / ((size_t)KC * sizeof(float))) / g->uk->NR;
+    return fit > 1 ? fit : 1;
+}
+
 int acn_gemm_range(const acn_gemm_plan *g, int j0, int j1)
 {
     const acn_ukernel *uk = g->uk;
@@ -162,10 +178,8 @@ int acn_gemm_range(const acn_gemm_plan *g, int j0, int j1)
         }
         return ACN_OK;
     }
-    const int depth_blocks = (K + KC_MAX - 1) / KC_MAX;
-    const int KC = (K + depth_blocks - 1) / depth_blocks, kc_max = KC;
-    const int ncb_fit = (int)(PACK_B_BYTES / ((size_t)KC * sizeof(float))) / NR * NR;
-    const int ncb = min_int(ncb_fit > NR ? ncb_fit : NR, (j1 - j0 + NR - 1) / NR * NR);   /* whole panels */
+    const int KC = depth_block(K), kc_max = KC;
+    const int ncb = min_int(block_panels(g) * NR, (j1 - j0 + NR - 1) / NR * NR);   /* whole panels */
     float *pack_b = acn_thread_buffer(ACN_TLS_PACK_B, (size_t)ncb * kc_max);
     if (pack_b == NULL)
         return ACN_ENOMEM;
@@ -199,18 +213,31 @@ int acn_gemm_parallel(const acn_gemm_plan *g, int nt)
     const int panels = (g->N + NR - 1) / NR;
     if (nt > panels)
         nt = panels;
-    if (nt < 1)
-        nt = 1;
+    if (nt <= 1)
+        return acn_gemm_range(g, 0, g->N);
     int status = ACN_OK;
-#pragma omp parallel num_threads(nt) if (nt > 1)
+    /* Threads take column chunks from a shared counter instead of fixed halves:
+     * on a shared (virtualised) machine one core often runs at half speed for a
+     * while, and a static split then leaves the other core waiting at the end.
+     * A chunk is one packed-B block, or smaller so that there are at least four
+     * per thread. */
+    const int chunk = min_int(block_panels(g), panels / (4 * nt) > 1 ? panels / (4 * nt) : 1);
+    const int chunks = (panels + chunk - 1) / chunk;
+    int next = 0;
+#pragma omp parallel num_threads(nt)
     {
-        const int t = omp_get_thread_num(), nth = omp_get_num_threads();
-        const int p0 = (int)((long long)panels * t / nth), p1 = (int)((long long)panels * (t + 1) / nth);
-        const int j0 = p0 * NR, j1 = min_int(p1 * NR, g->N);
-        int st = acn_gemm_range(g, j0, j1);
-        if (st != ACN_OK) {
+        for (;;) {
+            int c;
+#pragma omp atomic capture
+            c = next++;
+            if (c >= chunks)
+                break;
+            const int j0 = c * chunk * NR, j1 = min_int((c + 1) * chunk * NR, g->N);
+            int st = acn_gemm_range(g, j0, j1);
+            if (st != ACN_OK) {
 #pragma omp atomic write
-            status = st;
+                status = st;
+            }
         }
     }
     return status;

@@ -10,7 +10,7 @@
  * 151 MB): a register tile of 8 weight rows x up to 3 input rows keeps 24
  * vector accumulators of dot-product partial sums along the whole of In, so
  * each weight row is one sequential, software-prefetched stream, loaded once.
- * Threads split the Out rows.
+ * Threads take blocks of 64 Out rows from a dynamic schedule.
  */
 #include "cpu_internal.h"
 
@@ -221,17 +221,14 @@ int linear_forward_cpu(float *out, const float *inp, const float *weight, const 
     if (N >= (acn_active_isa() == ACN_ISA_AVX512 ? FC_GEMM_MIN_ROWS_AVX512 : FC_GEMM_MIN_ROWS))
         return sgemm_cpu(out, Out, inp, In, 1, weight, 1, In, N, Out, In, bias, ACN_BIAS_COL, relu);
     const fc_tile_fn tile = active_fc_tile();
-    const int blocks = (Out + TR - 1) / TR;
+    /* Blocks of OSB rows handed out dynamically: a core slowed by the host
+     * takes fewer of them instead of holding up the layer. */
+    const int blocks = (Out + OSB - 1) / OSB;
     int nt = acn_get_num_threads();
     if (nt > blocks) nt = blocks;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-        const int t = omp_get_thread_num(), nth = omp_get_num_threads();
-        const int b0 = (int)((long long)blocks * t / nth), b1 = (int)((long long)blocks * (t + 1) / nth);
-        const int o0 = b0 * TR, o1 = b1 * TR < Out ? b1 * TR : Out;
-        if (o0 < o1)
-            fc_rows(tile, out, inp, weight, bias, N, In, Out, relu, o0, o1);
-    }
+#pragma omp parallel for schedule(dynamic) num_threads(nt) if (nt > 1)
+    for (int b = 0; b < blocks; b++)
+        fc_rows(tile, out, inp, weight, bias, N, In, Out, relu, b * OSB, b * OSB + OSB < Out ? b * OSB + OSB : Out);
     return ACN_OK;
 }
 
