@@ -46,6 +46,17 @@ static void compare(const char *what, const float *ours, const float *ref, size_
     }
 }
 
+static void verdict(const char *what, int status, const float *ours, const float *ref, size_t n)
+{
+    if (status != ACN_OK) {
+        checks++;
+        failures++;
+        printf("FAIL %s: status %d\n", what, status);
+    } else {
+        compare(what, ours, ref, n);
+    }
+}
+
 static void check_conv(const char *isa, int threads, const int c[9])
 {
     const int N = c[0], C = c[1], H = c[2], W = c[3], OC = c[4], K = c[5], S = c[6], P = c[7], G = c[8];
@@ -59,12 +70,7 @@ static void check_conv(const char *isa, int threads, const int c[9])
                  N, C, H, W, OC, K, S, P, G, relu);
         int st = conv2d_forward_cpu(ours, x, w, relu ? b : NULL, N, C, H, W, OC, K, K, S, S, P, P, G, relu, NULL);
         conv2d_forward_naive(ref, x, w, relu ? b : NULL, N, C, H, W, OC, K, K, S, S, P, P, G, relu, NULL);
-        if (st != ACN_OK) {
-            failures++;
-            printf("FAIL %s: status %d\n", what, st);
-        } else {
-            compare(what, ours, ref, on);
-        }
+        verdict(what, st, ours, ref, on);
     }
     free(x); free(w); free(b); free(ours); free(ref);
 }
@@ -78,12 +84,7 @@ static void check_linear(const char *isa, int threads, int N, int In, int Out)
     snprintf(what, sizeof what, "linear %s %dt N%d In%d Out%d", isa, threads, N, In, Out);
     int st = linear_forward_cpu(ours, x, w, b, N, In, Out, 1);
     linear_forward_naive(ref, x, w, b, N, In, Out, 1);
-    if (st != ACN_OK) {
-        failures++;
-        printf("FAIL %s: status %d\n", what, st);
-    } else {
-        compare(what, ours, ref, on);
-    }
+    verdict(what, st, ours, ref, on);
     free(x); free(w); free(b); free(ours); free(ref);
 }
 
