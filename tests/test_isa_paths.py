@@ -82,8 +82,8 @@ def test_conv2d_no_bias(isa):
     close(ac.conv2d(x, w, None, 1, 1), ref, f"conv2d no bias {isa}")
 
 
-# (N, In, Out): batch 1/3/7 stream the weights in place; 8/9 (AVX-512) and 16/64
-# (every ISA) go through the packed GEMM with W^T packed per call; In not a
+# (N, In, Out): batch 1/2/3 stream the weights in place; 7 (AVX2), 8/9 (AVX-512
+# too) and 16/64 (every ISA) go through the packed GEMM with W^T packed per call; In not a
 # multiple of 16/8 exercises the masked / scalar tails and of the 16x16
 # transposes, In > 2048 two depth blocks, Out not a multiple of 48 partial panels.
 LINEAR_CASES = [(1, 9216, 37), (3, 100, 7), (9, 1030, 101), (64, 333, 45), (2, 5, 3),

@@ -32,12 +32,13 @@ float *acn_thread_buffer(int slot, size_t floats);
  * ctx is the caller's description of B (a strided matrix, an image for conv). */
 typedef void (*acn_pack_b_fn)(float *dst, const void *ctx, int p0, int kc, int j0, int ncols, int NR);
 
-/* Strided B: element (k,j) at B[k*rsb + j*csb]. avx512: the active kernel is
- * AVX-512 (NR a multiple of 16), so a B stored transposed (rsb == 1: the
- * fully-connected weights, read as W^T) is packed with 16x16 register transposes. */
-typedef struct { const float *B; ptrdiff_t rsb, csb; int avx512; } acn_strided_b;
+/* Strided B: element (k,j) at B[k*rsb + j*csb]; isa: the active kernel's. A B
+ * stored transposed (rsb == 1: the fully-connected weights, read as W^T) is
+ * packed with 16x16 (AVX-512) or 8x8 (AVX2) register transposes. */
+typedef struct { const float *B; ptrdiff_t rsb, csb; acn_isa isa; } acn_strided_b;
 /* The packed-B block of a B whose column j is the contiguous row bt + j*ldb. */
 void acn_pack_bt_avx512(float *dst, const float *bt, ptrdiff_t ldb, int p0, int kc, int j0, int ncols, int NR);
+void acn_pack_bt_avx2(float *dst, const float *bt, ptrdiff_t ldb, int p0, int kc, int j0, int ncols, int NR);
 void acn_pack_b_strided(float *dst, const void *ctx, int p0, int kc, int j0, int ncols, int NR);
 
 size_t acn_packed_a_floats(int M, int K, int MR);

@@ -30,8 +30,12 @@ static int min_int(int a, int b) { return a < b ? a : b; }
 void acn_pack_b_strided(float *dst, const void *ctx, int p0, int kc, int j0, int ncols, int NR)
 {
     const acn_strided_b *s = ctx;
-    if (s->rsb == 1 && s->csb != 1 && s->avx512 && NR % 16 == 0) {
+    if (s->rsb == 1 && s->csb != 1 && s->isa == ACN_ISA_AVX512 && NR % 16 == 0) {
         acn_pack_bt_avx512(dst, s->B, s->csb, p0, kc, j0, ncols, NR);
+        return;
+    }
+    if (s->rsb == 1 && s->csb != 1 && s->isa == ACN_ISA_AVX2 && NR % 8 == 0) {
+        acn_pack_bt_avx2(dst, s->B, s->csb, p0, kc, j0, ncols, NR);
         return;
     }
     for (int panel = 0; panel * NR < ncols; panel++) {
@@ -256,7 +260,7 @@ int sgemm_cpu(float *C, ptrdiff_t ldc,
         return ACN_ENOMEM;
     if (K > 0)
         acn_pack_a(pa, A, rsa, csa, M, K, uk->MR);
-    acn_strided_b b = {B, rsb, csb, uk->isa == ACN_ISA_AVX512};
+    acn_strided_b b = {B, rsb, csb, uk->isa};
     acn_gemm_plan g = {uk, pa, M, N, K, acn_pack_b_strided, &b, C, ldc, N, 0, bias, bias_mode, relu};
     return acn_gemm_parallel(&g, acn_get_num_threads());
 }

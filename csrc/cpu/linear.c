@@ -1,9 +1,9 @@
 /* Fully-connected layers: out(N,Out) = inp(N,In) x weight(Out,In)^T + bias.
  *
- * Two regimes. From a few input rows up (batch >= 8 on AVX-512, >= 16
- * otherwise) the layer is compute-bound and goes through the packed GEMM
- * (gemm.c) with B = W^T: each block of weight rows is packed per call (16x16
- * register transposes on AVX-512) and reused by every input row from L2.
+ * Two regimes. From a few input rows up (gemm_min_rows) the layer is
+ * compute-bound and goes through the packed GEMM (gemm.c) with B = W^T: each
+ * block of weight rows is packed per call (16x16 or 8x8 register transposes on
+ * AVX-512 / AVX2) and reused by every input row from L2.
  *
  * At small batch the layer is bound by the memory read bandwidth, and the
  * weight matrix is read in its own layout, never packed or copied (fc1 is
@@ -17,7 +17,16 @@
 #include <omp.h>
 #include <string.h>
 
-enum { TR = 8, TN = 3, KCF = 512, OSB = 64, STREAM_ROWS = 8, FC_GEMM_MIN_ROWS_AVX512 = 8, FC_GEMM_MIN_ROWS = 16 };
+enum { TR = 8, TN = 3, KCF = 512, OSB = 64, STREAM_ROWS = 8 };
+
+/* Input rows from which the packed GEMM beats streaming the weights in place
+ * (fc1, 2 threads, measured here): AVX-512 at 8 (11.1 vs 12.4 ms; 4 rows: 11.7
+ * vs 9.5), AVX2 at 4 (12.8 vs 17.7 ms; 3 rows: 13.6 vs 11.2), the portable
+ * kernels at 16 (their pack is a scalar gather). */
+static int gemm_min_rows(acn_isa isa)
+{
+    return isa == ACN_ISA_AVX512 ? 8 : isa == ACN_ISA_AVX2 ? 4 : 16;
+}
 
 /* out[n*ldo + r] (+)= sum_k w[r*ldw + k] * x[n*ldx + k], r < R, n < nx. */
 typedef void (*fc_tile_fn)(const float *w, ptrdiff_t ldw, int R, const float *x, ptrdiff_t ldx, int nx,
@@ -214,11 +223,11 @@ int linear_forward_cpu(float *out, const float *inp, const float *weight, const 
 {
     if (N <= 0 || Out <= 0)
         return ACN_OK;
-    /* From a few rows up, the packed GEMM wins (fc1, one thread of two:
-     * AVX-512 at batch 8 11.1 vs 12.4 ms, batch 64 33 vs 82 ms; AVX2 wins from
-     * batch 16): W^T is packed per call, at the read bandwidth, into panels the
-     * micro-kernel reuses for all rows. Below that the rows stream in place. */
-    if (N >= (acn_active_isa() == ACN_ISA_AVX512 ? FC_GEMM_MIN_ROWS_AVX512 : FC_GEMM_MIN_ROWS))
+    /* From a few rows up the packed GEMM wins (fc1 at batch 64: 33 vs 82 ms on
+     * AVX-512, 49 vs 172 ms on AVX2): W^T is packed per call, at the read
+     * bandwidth, into panels the micro-kernel reuses for all rows. Below that
+     * the rows stream in place. */
+    if (N >= gemm_min_rows(acn_active_isa()))
         return sgemm_cpu(out, Out, inp, In, 1, weight, 1, In, N, Out, In, bias, ACN_BIAS_COL, relu);
     const fc_tile_fn tile = active_fc_tile();
     /* Blocks of OSB rows handed out dynamically: a core slowed by the host
