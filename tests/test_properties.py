@@ -335,6 +335,7 @@ def test_linear_zero_in_features(lead):
     check_output(ac.linear(x, w, b), ref)
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")   # torch's, from the reference
 @pytest.mark.parametrize("k", [(2, 2), (4, 3), (1, 2)])
 def test_conv2d_same_even_kernel(k):
     x = make_values(1, (1, 2, 6, 7), "float32")
