@@ -168,3 +168,39 @@ def test_model_survives_isa_switch():
 def test_batch64_model(isa):
     m, x, ref = _model_and_ref("torchvision", 63, 64, 3)
     close(m(x), ref, f"batch 64 {isa}")
+
+
+# (shape, dim): contiguous rows (the vectorised AVX-512 path: D not a multiple of 16,
+# D < 16, D = 1) and strided rows (the scalar path).
+SOFTMAX_CASES = [((64, 1000), 1), ((3, 17), -1), ((5, 7), 1), ((4, 1), 1), ((2, 33, 5), 1), ((6, 9), 0)]
+
+
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+@pytest.mark.parametrize("case", SOFTMAX_CASES, ids=lambda c: f"{'x'.join(map(str, c[0]))}-dim{c[1]}")
+def test_softmax(isa, threads, case, log):
+    shape, dim = case
+    rng = np.random.default_rng(len(shape) * 100 + shape[-1])
+    x = rand(rng, *shape) * 30.0
+    ours = (ac.log_softmax if log else ac.softmax)(x, dim=dim)
+    ref = (F.log_softmax if log else F.softmax)(torch.from_numpy(x).double(), dim=dim).numpy()
+    close(ours, ref, f"{'log_' if log else ''}softmax {isa}")
+
+
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_softmax_special_values(isa, log):
+    """NaN anywhere -> NaN row; -inf entries -> 0 / -inf; an all -inf row -> NaN; +inf; 1e4."""
+    rows = np.full((6, 37), 0.5, np.float32)
+    rows[0, 20] = np.nan
+    rows[1, ::3] = -np.inf
+    rows[2, :] = -np.inf
+    rows[3, 5] = np.inf
+    rows[4, :] = np.linspace(-1e4, 1e4, 37)
+    rows[5, :] = np.linspace(-200, 0, 37)      # outputs down to the subnormal range
+    ours = (ac.log_softmax if log else ac.softmax)(rows, dim=1)
+    ref = (F.log_softmax if log else F.softmax)(torch.from_numpy(rows).double(), dim=1).numpy().astype(np.float32)
+    np.testing.assert_array_equal(np.isnan(ours), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(ours) & (ours > 0), np.isinf(ref) & (ref > 0))
+    np.testing.assert_array_equal(np.isinf(ours) & (ours < 0), np.isinf(ref) & (ref < 0))
+    np.testing.assert_array_equal(ours == 0, ref == 0)
+    finite = np.isfinite(ref) & (np.abs(ref) > 1e-30)
+    np.testing.assert_allclose(ours[finite], ref[finite], rtol=1e-5, atol=0)
