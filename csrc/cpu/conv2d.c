@@ -49,6 +49,20 @@ static void pack_rows_avx512(float *d, int NR, const float *img, const ptrdiff_t
             _mm512_mask_storeu_ps(d + runs[i].off, mask[i], _mm512_maskz_loadu_ps(mask[i], src + runs[i].src));
     }
 }
+
+/* dp[j] = sp[j * SW] for j < n: one 16-lane gather per 16 outputs (the scalar
+ * loop took ~3 cycles per float, 8% of conv1 at batch 64). */
+__attribute__((target("avx512f")))
+static void strided_copy_avx512(float *dp, const float *sp, int SW, int n)
+{
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32(SW));
+    for (int j = 0; j < n; j += 16) {
+        const __mmask16 k = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1u);
+        const __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, idx, sp + (ptrdiff_t)j * SW, 4);
+        _mm512_mask_storeu_ps(dp + j, k, v);
+    }
+}
 #endif
 
 static void pack_rows_plain(float *d, int NR, const float *img, const ptrdiff_t *koff, int kc,
@@ -115,6 +129,7 @@ static void to_padded_layout(float *dst, const float *inp, int planes, int H, in
 {
     const int Hp = H + 2 * PH, Wq = (W + 2 * PW + SW - 1) / SW;
     const size_t row = (size_t)SW * Wq;
+    const int avx512 = acn_active_isa() == ACN_ISA_AVX512;
     /* Split over (plane, row): batch 1's conv1 input has only 3 planes. */
 #pragma omp parallel for collapse(2) schedule(static) num_threads(nt) if (nt > 1 && (size_t)planes * Hp * row > 32768)
     for (int pl = 0; pl < planes; pl++) {
@@ -141,7 +156,12 @@ static void to_padded_layout(float *dst, const float *inp, int planes, int H, in
                 if (j1 < j0) j1 = j0;
                 const float *sp = s + (ptrdiff_t)j0 * SW + r - PW;
                 for (int j = 0; j < j0; j++) dp[j] = 0.0f;
-                for (int j = j0; j < j1; j++) dp[j] = sp[(ptrdiff_t)(j - j0) * SW];
+#if ACN_X86
+                if (avx512)
+                    strided_copy_avx512(dp + j0, sp, SW, j1 - j0);
+                else
+#endif
+                    for (int j = j0; j < j1; j++) dp[j] = sp[(ptrdiff_t)(j - j0) * SW];
                 for (int j = j1; j < Wq; j++) dp[j] = 0.0f;
             }
         }
