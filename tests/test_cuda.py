@@ -375,19 +375,15 @@ def test_no_visible_device_is_reported_not_crashed():
 
 # ---- threads -------------------------------------------------------------------
 
-def test_two_threads_one_model(rng, nets):
-    """Two host threads on one CUDA model, at different shapes so that each call also
-    re-plans the workspace and the graph: the net's mutex must serialise them."""
-    ref_model, _, model = nets("torchvision")
-    xs = [randn(rng, 2, 3, 224, 224), randn(rng, 1, 3, 63, 63)]
-    refs = [reference(ref_model, x) for x in xs]
+def _in_two_threads(reps, error_of):
+    """Threads k = 0 and 1 each compute error_of(k) reps times at once; every error
+    above TOL and every exception is reported."""
     errors = []
 
     def work(k):
         try:
-            for _ in range(4):
-                out = model(xs[k])
-                err = max_rel_err(out, refs[k])
+            for _ in range(reps):
+                err = error_of(k)
                 if err > TOL:
                     errors.append((k, err))
         except Exception as e:   # noqa: BLE001 - reported below
@@ -401,25 +397,18 @@ def test_two_threads_one_model(rng, nets):
     assert not errors, errors
 
 
+def test_two_threads_one_model(rng, nets):
+    """Two host threads on one CUDA model, at different shapes so that each call also
+    re-plans the workspace and the graph: the net's mutex must serialise them."""
+    ref_model, _, model = nets("torchvision")
+    xs = [randn(rng, 2, 3, 224, 224), randn(rng, 1, 3, 63, 63)]
+    refs = [reference(ref_model, x) for x in xs]
+    _in_two_threads(4, lambda k: max_rel_err(model(xs[k]), refs[k]))
+
+
 def test_two_threads_ops(rng):
     """Op calls from two threads at once, each on its own per-thread stream."""
     xs = [randn(rng, 4, 64, 27, 27) for _ in range(2)]
     w = randn(rng, 192, 64, 5, 5, scale=0.05)
     refs = [F.conv2d(t64(x), t64(w), None, 1, 2) for x in xs]
-    errors = []
-
-    def work(k):
-        try:
-            for _ in range(5):
-                err = max_rel_err(ac.conv2d(xs[k], w, None, 1, 2, device="cuda"), refs[k].cpu())
-                if err > TOL:
-                    errors.append((k, err))
-        except Exception as e:   # noqa: BLE001
-            errors.append((k, repr(e)))
-
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    _in_two_threads(5, lambda k: max_rel_err(ac.conv2d(xs[k], w, None, 1, 2, device="cuda"), refs[k].cpu()))

@@ -133,6 +133,22 @@ def test_refcounts_model(model, one_thread):
 
 # ---- memory stays flat -----------------------------------------------------------
 
+def _growth(run) -> tuple:
+    """(bytes traced by tracemalloc, bytes of RSS) that run() leaves behind after a gc."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        traced0, _ = tracemalloc.get_traced_memory()
+        rss0 = _rss()
+        run()
+        gc.collect()
+        traced1, _ = tracemalloc.get_traced_memory()
+        rss1 = _rss()
+    finally:
+        tracemalloc.stop()
+    return traced1 - traced0, rss1 - rss0
+
+
 def test_memory_flat_over_200_forward_calls(model, one_thread):
     rng = np.random.default_rng(1)
     xs = [rng.standard_normal((1, 3, 63, 63)),                       # float64: copied in C
@@ -140,43 +156,30 @@ def test_memory_flat_over_200_forward_calls(model, one_thread):
     for _ in range(10):
         for x in xs:
             model(x)
-    gc.collect()
-    tracemalloc.start()
-    try:
-        rss0 = _rss()
-        traced0, _ = tracemalloc.get_traced_memory()
+
+    def calls():
         for i in range(200):
-            out = model(xs[i % 2])
-        del out
-        gc.collect()
-        traced1, _ = tracemalloc.get_traced_memory()
-        rss1 = _rss()
-    finally:
-        tracemalloc.stop()
+            model(xs[i % 2])
+
+    traced, rss = _growth(calls)
     # one leaked output is 4 kB, one leaked input copy 95 kB, one leaked arena 115 kB
-    assert traced1 - traced0 < 64 * 1024, traced1 - traced0
-    assert SANITIZED or rss1 - rss0 < 8 * 2**20, (rss1 - rss0) / 2**20
+    assert traced < 64 * 1024, traced
+    assert SANITIZED or rss < 8 * 2**20, rss / 2**20
 
 
 def test_memory_flat_ops(rng):
     calls = _op_calls(rng)
     for fn, args, kw in calls:
         fn(*args, **kw)
-    gc.collect()
-    tracemalloc.start()
-    try:
-        traced0, _ = tracemalloc.get_traced_memory()
-        rss0 = _rss()
+
+    def run():
         for _ in range(200):
             for fn, args, kw in calls:
                 fn(*args, **kw)
-        gc.collect()
-        traced1, _ = tracemalloc.get_traced_memory()
-        rss1 = _rss()
-    finally:
-        tracemalloc.stop()
-    assert traced1 - traced0 < 64 * 1024, traced1 - traced0
-    assert SANITIZED or rss1 - rss0 < 8 * 2**20, (rss1 - rss0) / 2**20
+
+    traced, rss = _growth(run)
+    assert traced < 64 * 1024, traced
+    assert SANITIZED or rss < 8 * 2**20, rss / 2**20
 
 
 def test_big_op_call_does_not_keep_its_memory():
