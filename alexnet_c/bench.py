@@ -191,16 +191,22 @@ def bench_layers(variant: str, batch: int, reps: int, peak: float) -> List[dict]
             theirs = lambda: F.adaptive_avg_pool2d(xt, (6, 6))                        # noqa: E731
         with torch.no_grad():
             a, t = alternate(ours, theirs, reps)
-        flops = 2.0 * l["macs"] * batch
-        row = dict(layer=l["name"], ours_ms=a * 1e3, torch_ms=t * 1e3, ratio=a / t)
-        if flops:
-            row.update(ours_gflops=flops / a / 1e9, torch_gflops=flops / t / 1e9,
-                       ours_pct_peak=100.0 * flops / a / 1e9 / peak,
-                       torch_pct_peak=100.0 * flops / t / 1e9 / peak)
-        if kind == "fc":
-            row["ours_weight_gbs"] = 4.0 * l["macs"] / a / 1e9
-        rows.append(row)
+        rows.append(_table_row(l, a, t, batch, peak))
     return rows
+
+
+def _table_row(layer: dict, a: float, t: float, batch: int, peak: float) -> dict:
+    """One row of a per-layer / per-stage table from our and PyTorch's seconds; a
+    stage that alexnet_c skips (a = 0) gets no rates."""
+    flops = 2.0 * layer["macs"] * batch
+    row = dict(layer=layer["name"], ours_ms=a * 1e3, torch_ms=t * 1e3, ratio=a / t if t > 0 else float("nan"))
+    if flops and a > 0:
+        row.update(ours_gflops=flops / a / 1e9, torch_gflops=flops / t / 1e9,
+                   ours_pct_peak=100.0 * flops / a / 1e9 / peak,
+                   torch_pct_peak=100.0 * flops / t / 1e9 / peak)
+    if layer["kind"] == "fc" and a > 0:
+        row["ours_weight_gbs"] = 4.0 * layer["macs"] / a / 1e9
+    return row
 
 
 def stage_plan(variant: str, hw: int) -> List[dict]:
@@ -259,20 +265,9 @@ def bench_stages(variant: str, batch: int, reps: int, peak: float) -> List[dict]
     for _ in range(reps):
         ours_runs.append(dict(ours._net.profile(x)[1]))
         torch_runs.append(torch_pass())
-    rows = []
-    for i, st in enumerate(plan):
-        a = float(np.median([r.get(st["name"], 0.0) for r in ours_runs]))
-        t = float(np.median([r[i] for r in torch_runs]))
-        row = dict(layer=st["name"], ours_ms=a * 1e3, torch_ms=t * 1e3, ratio=a / t if t > 0 else float("nan"))
-        flops = 2.0 * st["macs"] * batch
-        if flops and a > 0:
-            row.update(ours_gflops=flops / a / 1e9, torch_gflops=flops / t / 1e9,
-                       ours_pct_peak=100.0 * flops / a / 1e9 / peak,
-                       torch_pct_peak=100.0 * flops / t / 1e9 / peak)
-        if st["kind"] == "fc" and a > 0:
-            row["ours_weight_gbs"] = 4.0 * st["macs"] / a / 1e9
-        rows.append(row)
-    return rows
+    return [_table_row(st, float(np.median([r.get(st["name"], 0.0) for r in ours_runs])),
+                       float(np.median([r[i] for r in torch_runs])), batch, peak)
+            for i, st in enumerate(plan)]
 
 
 # ---------------------------------------------------------------- lightness
