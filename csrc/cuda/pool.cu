@@ -7,6 +7,7 @@
  */
 #include <limits.h>
 #include <math.h>
+#include <stdio.h>
 
 #include "cuda_common.cuh"
 
@@ -109,35 +110,46 @@ acn_status adaptive_avg_pool2d_forward_cuda(float *out, const float *inp, int NC
 
 }  // namespace acn
 
-extern "C" int max_pool2d_host_cuda(float *out, const float *inp, int NC, int H, int W, int KH,
-                                    int KW, int SH, int SW, int PH, int PW, int OH, int OW) {
+namespace {
+
+// The host-pointer entry points of both pools: upload (NC, H, W), run `launch`
+// into a device (NC, OH, OW), download. `op` names the op in every message.
+template <class Launch>
+int pool_host_call(const char *op, float *out, const float *inp, int NC, int H, int W, int OH, int OW,
+                   Launch launch) {
     using namespace acn;
     if (NC < 0 || H < 1 || W < 1 || OH < 0 || OW < 0)
-        return cuda_fail_msg(ACN_EINVAL, "max_pool2d: invalid sizes");
+        return cuda_fail_msg(ACN_EINVAL, "%s: invalid sizes", op);
     const size_t n_out = (size_t)NC * OH * OW;
     if (n_out == 0) return ACN_OK;
     const cudaStream_t stream = host_call_stream();
     DeviceBuffers mem;
     float *d_inp, *d_out;
-    ACN_TRY(mem.upload(&d_inp, inp, (size_t)NC * H * W, stream, "max_pool2d input"));
-    ACN_TRY(mem.alloc(&d_out, n_out, "max_pool2d output"));
-    ACN_TRY(max_pool2d_forward_cuda(d_out, d_inp, NC, H, W, KH, KW, SH, SW, PH, PW, OH, OW,
-                                    stream));
+    char what[64];   // DeviceBuffers uses it only for the message of a failure
+    snprintf(what, sizeof what, "%s input", op);
+    ACN_TRY(mem.upload(&d_inp, inp, (size_t)NC * H * W, stream, what));
+    snprintf(what, sizeof what, "%s output", op);
+    ACN_TRY(mem.alloc(&d_out, n_out, what));
+    ACN_TRY(launch(d_out, d_inp, stream));
     return download_and_wait(out, d_out, n_out, stream);
+}
+
+}  // namespace
+
+extern "C" int max_pool2d_host_cuda(float *out, const float *inp, int NC, int H, int W, int KH,
+                                    int KW, int SH, int SW, int PH, int PW, int OH, int OW) {
+    return pool_host_call("max_pool2d", out, inp, NC, H, W, OH, OW,
+                          [&](float *d_out, const float *d_inp, cudaStream_t stream) {
+                              return acn::max_pool2d_forward_cuda(d_out, d_inp, NC, H, W, KH, KW, SH, SW,
+                                                                  PH, PW, OH, OW, stream);
+                          });
 }
 
 extern "C" int adaptive_avg_pool2d_host_cuda(float *out, const float *inp, int NC, int H, int W,
                                              int OH, int OW) {
-    using namespace acn;
-    if (NC < 0 || H < 1 || W < 1 || OH < 0 || OW < 0)
-        return cuda_fail_msg(ACN_EINVAL, "adaptive_avg_pool2d: invalid sizes");
-    const size_t n_out = (size_t)NC * OH * OW;
-    if (n_out == 0) return ACN_OK;
-    const cudaStream_t stream = host_call_stream();
-    DeviceBuffers mem;
-    float *d_inp, *d_out;
-    ACN_TRY(mem.upload(&d_inp, inp, (size_t)NC * H * W, stream, "adaptive_avg_pool2d input"));
-    ACN_TRY(mem.alloc(&d_out, n_out, "adaptive_avg_pool2d output"));
-    ACN_TRY(adaptive_avg_pool2d_forward_cuda(d_out, d_inp, NC, H, W, OH, OW, stream));
-    return download_and_wait(out, d_out, n_out, stream);
+    return pool_host_call("adaptive_avg_pool2d", out, inp, NC, H, W, OH, OW,
+                          [&](float *d_out, const float *d_inp, cudaStream_t stream) {
+                              return acn::adaptive_avg_pool2d_forward_cuda(d_out, d_inp, NC, H, W, OH, OW,
+                                                                           stream);
+                          });
 }
