@@ -11,6 +11,8 @@
 #endif
 
 int acn_in_forked_child(void);
+/* Seconds on the monotonic clock (machine.c): the probes and the stage timer. */
+double acn_now_seconds(void);
 /* Applies ALEXNET_C_ISA (generic|avx2|avx512); returns 0, or -1 when the value
  * was unknown or unsupported (the best ISA is kept). */
 int acn_isa_init_from_env(void);

@@ -182,9 +182,9 @@ int acn_gemm_range(const acn_gemm_plan *g, int j0, int j1)
         }
         return ACN_OK;
     }
-    const int KC = depth_block(K), kc_max = KC;
+    const int KC = depth_block(K);
     const int ncb = min_int(block_panels(g) * NR, (j1 - j0 + NR - 1) / NR * NR);   /* whole panels */
-    float *pack_b = acn_thread_buffer(ACN_TLS_PACK_B, (size_t)ncb * kc_max);
+    float *pack_b = acn_thread_buffer(ACN_TLS_PACK_B, (size_t)ncb * KC);
     if (pack_b == NULL)
         return ACN_ENOMEM;
     const int panels_a = (M + MR - 1) / MR;

@@ -7,8 +7,7 @@
 #include <omp.h>
 #include <time.h>
 
-
-static double now_s(void)
+double acn_now_seconds(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -103,9 +102,9 @@ double acn_measure_fma_peak(int nt, double seconds)
     const acn_isa isa = acn_active_isa();
     long iters = 1000;
     for (;;) {   /* calibrate on one thread */
-        double t0 = now_s();
+        double t0 = acn_now_seconds();
         fma_loop(isa, iters);
-        double dt = now_s() - t0;
+        double dt = acn_now_seconds() - t0;
         if (dt > 0.01 || iters > (1L << 40)) {
             iters = (long)((double)iters * (seconds / 5.0) / (dt > 0 ? dt : 1e-9)) + 1;
             break;
@@ -114,10 +113,10 @@ double acn_measure_fma_peak(int nt, double seconds)
     }
     double best = 0.0;
     for (int rep = 0; rep < 5; rep++) {
-        double flops = 0.0, t0 = now_s();
+        double flops = 0.0, t0 = acn_now_seconds();
 #pragma omp parallel num_threads(nt) if (nt > 1) reduction(+ : flops)
         flops += fma_loop(isa, iters);
-        double gf = flops / (now_s() - t0) / 1e9;
+        double gf = flops / (acn_now_seconds() - t0) / 1e9;
         if (gf > best) best = gf;
     }
     return best;
@@ -131,7 +130,7 @@ double acn_measure_read_bw(const float *buf, size_t n, int reps, int nt)
     volatile float sink = 0.0f;
     for (int rep = 0; rep < reps; rep++) {
         float total = 0.0f;
-        double t0 = now_s();
+        double t0 = acn_now_seconds();
 #pragma omp parallel num_threads(nt) if (nt > 1) reduction(+ : total)
         {
             const int t = omp_get_thread_num(), nth = omp_get_num_threads();
@@ -153,7 +152,7 @@ double acn_measure_read_bw(const float *buf, size_t n, int reps, int nt)
                 for (int l = 0; l < 16; l++)
                     total += acc[s][l];
         }
-        double gbs = (double)n * sizeof(float) / (now_s() - t0) / 1e9;
+        double gbs = (double)n * sizeof(float) / (acn_now_seconds() - t0) / 1e9;
         sink = total;
         if (gbs > best) best = gbs;
     }

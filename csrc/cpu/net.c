@@ -7,7 +7,6 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 static const acn_variant_spec variants[2] = {
@@ -157,13 +156,6 @@ static int fits_in_memory(size_t floats)
     return floats != SIZE_MAX && floats <= SIZE_MAX / sizeof(float) && acn_fits_in_memory(floats * sizeof(float));
 }
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* Stage timer: a no-op unless the caller asked for times. */
 typedef struct { double *seconds; double t; } stage_clock;
 
@@ -171,7 +163,7 @@ static void stage_done(stage_clock *clk, int stage)
 {
     if (clk->seconds == NULL)
         return;
-    const double t = now_seconds();
+    const double t = acn_now_seconds();
     clk->seconds[stage] = t - clk->t;
     clk->t = t;
 }
@@ -188,7 +180,7 @@ static int run_layers(const acn_net *net, float *out, const float *inp, int N, i
     if (seconds != NULL) {
         for (int i = 0; i < ACN_NUM_STAGES; i++)
             seconds[i] = 0.0;
-        clk.t = now_seconds();
+        clk.t = acn_now_seconds();
     }
     const acn_variant_spec *s = net->spec;
     float *buf[2] = {arena, arena + half};
