@@ -114,7 +114,9 @@ static int softmax_any(float *out, const float *inp, size_t outer, size_t D, siz
 {
     const long long rows = (long long)(outer * inner);
     const int nt = acn_get_num_threads();
-    const int vector_rows = ACN_X86 && inner == 1 && acn_active_isa() == ACN_ISA_AVX512;
+#if ACN_X86
+    const int vector_rows = inner == 1 && acn_active_isa() == ACN_ISA_AVX512;
+#endif
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && rows > 1 && D * rows > 16384)
     for (long long r = 0; r < rows; r++) {
         const size_t o = (size_t)r / inner, i = (size_t)r % inner;

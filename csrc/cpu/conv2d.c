@@ -129,7 +129,9 @@ static void to_padded_layout(float *dst, const float *inp, int planes, int H, in
 {
     const int Hp = H + 2 * PH, Wq = (W + 2 * PW + SW - 1) / SW;
     const size_t row = (size_t)SW * Wq;
+#if ACN_X86
     const int avx512 = acn_active_isa() == ACN_ISA_AVX512;
+#endif
     /* Split over (plane, row): batch 1's conv1 input has only 3 planes. */
 #pragma omp parallel for collapse(2) schedule(static) num_threads(nt) if (nt > 1 && (size_t)planes * Hp * row > 32768)
     for (int pl = 0; pl < planes; pl++) {
