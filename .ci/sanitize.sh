@@ -46,7 +46,10 @@ echo "sanitize: building in $WORK"
 CFLAGS="-fno-wrapv ${CFLAGS:-}" ALEXNET_C_CUDA=0 ALEXNET_C_SANITIZE=1 "$PYTHON" setup.py -q build_ext --inplace >"$WORK/build.log" 2>&1 || {
     cat "$WORK/build.log"; echo "sanitize: build failed" >&2; exit 1; }
 SO="$(ls "$WORK"/alexnet_c/_C*.so)"
-if ! ldd "$SO" | grep -q libasan; then
+# (not `ldd | grep -q`: grep -q exits at the first match, ldd can then die of
+# SIGPIPE, and pipefail turns that into a false "not linked")
+DEPS="$(ldd "$SO")"
+if [[ "$DEPS" != *libasan* ]]; then
     echo "sanitize: $SO is not linked against libasan (was ALEXNET_C_SANITIZE honoured?)" >&2
     exit 1
 fi
