@@ -17,6 +17,9 @@ double acn_now_seconds(void);
  * was unknown or unsupported (the best ISA is kept). */
 int acn_isa_init_from_env(void);
 
+/* 64-byte aligned; on 2 MB pages from 2 MB up where the OS allows. free() it. */
+void *acn_alloc_large(size_t bytes);
+
 /* Grow-only buffer owned by the calling OS thread and freed when it exits, so
  * repeated kernel calls allocate nothing and ended threads leak nothing. */
 enum { ACN_TLS_PACK_A = 0, ACN_TLS_PACK_B = 1, ACN_TLS_WORK = 2, ACN_TLS_CONV_ROWS = 3, ACN_TLS_SLOTS = 4 };

@@ -79,7 +79,7 @@ acn_net *net_create_cpu(int variant, int num_classes, const float *const weights
     for (int l = 0, C = 3; l < ACN_NUM_CONV; l++) {
         const acn_conv_spec *c = &s->conv[l];
         const size_t floats = acn_conv_packed_floats(C, c->out_c, c->k, c->k, 1, net->packed_uk->MR);
-        net->packed[l] = aligned_alloc(64, (floats * sizeof(float) + 63) & ~(size_t)63);
+        net->packed[l] = acn_alloc_large(floats * sizeof(float));
         if (net->packed[l] == NULL) {
             for (int j = 0; j < l; j++)
                 free(net->packed[j]);
@@ -270,14 +270,14 @@ int net_forward_cpu_timed(acn_net *net, float *out, const float *inp, int N, int
     if (pthread_mutex_trylock(&net->arena_lock) == 0) {
         if (net->arena_floats < total) {
             free(net->arena);
-            net->arena = malloc(total * sizeof(float));
+            net->arena = acn_alloc_large(total * sizeof(float));
             net->arena_floats = net->arena ? total : 0;
         }
         int st = net->arena ? run_layers(net, out, inp, N, H, W, net->arena, half, seconds) : ACN_ENOMEM;
         pthread_mutex_unlock(&net->arena_lock);
         return st;
     }
-    float *own = malloc(total * sizeof(float));
+    float *own = acn_alloc_large(total * sizeof(float));
     if (own == NULL)
         return ACN_ENOMEM;
     int st = run_layers(net, out, inp, N, H, W, own, half, seconds);

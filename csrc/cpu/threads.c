@@ -4,6 +4,7 @@
  * set from one Python thread would not reach another: the kernels read this
  * process-wide value and pass it in num_threads() instead.
  */
+#define _DEFAULT_SOURCE   /* madvise */
 #include "alexnet_c.h"
 #include "cpu_internal.h"
 
@@ -40,9 +41,34 @@ void acn_runtime_init(void)
     acn_isa_init_from_env();
 }
 
-/* ---- per-thread packing buffers ---- */
+/* ---- large buffers ---- */
 
 #include <stdlib.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+enum { HUGE_PAGE = 2 << 20 };
+
+/* Buffers of a few MB and more (packed weights, the activation arena) are put
+ * on 2 MB pages where the kernel allows it (THP in "madvise" mode, the usual
+ * default): the kernels stream them, and on a virtual machine every 4 KB TLB
+ * miss is a two-level page walk. Freed with free(). */
+void *acn_alloc_large(size_t bytes)
+{
+    const size_t rounded = (bytes + 63) & ~(size_t)63;
+    if (rounded < HUGE_PAGE)
+        return aligned_alloc(64, rounded ? rounded : 64);
+    const size_t size = (rounded + HUGE_PAGE - 1) & ~(size_t)(HUGE_PAGE - 1);
+    void *p = aligned_alloc(HUGE_PAGE, size);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (p != NULL)
+        (void)madvise(p, size, MADV_HUGEPAGE);   /* advice only: 4 KB pages still work */
+#endif
+    return p;
+}
+
+/* ---- per-thread packing buffers ---- */
 
 typedef struct { float *ptr; size_t cap; } thread_buffer;
 typedef struct { thread_buffer slot[ACN_TLS_SLOTS]; } thread_buffers;
@@ -76,7 +102,7 @@ float *acn_thread_buffer(int slot, size_t floats)
         free(t->ptr);
         /* 64-byte alignment: packed panels are read with aligned vector loads. */
         size_t bytes = (floats * sizeof(float) + 63) & ~(size_t)63;
-        t->ptr = aligned_alloc(64, bytes);
+        t->ptr = acn_alloc_large(bytes);
         t->cap = t->ptr ? floats : 0;
     }
     return t->ptr;
