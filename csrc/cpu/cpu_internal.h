@@ -58,10 +58,19 @@ enum { ACN_UK_ACCUM = 1, ACN_UK_BIAS = 2, ACN_UK_RELU = 4 };
 typedef void (*acn_ukernel_fn)(int kc, const float *a, const float *b, float *c, ptrdiff_t ldc,
                                int flags, const float *bias);
 
+/* Optional narrow kernel for a last, partial column panel: the MR x w tile for
+ * w = cols rounded up to a multiple of step (< NR) from the same packed panels
+ * (B rows still NR apart), stored without flags into c (row stride ldc). A
+ * 13x13 output at batch 1 is 169 = 3 x 48 + 25 columns: the full kernel would
+ * compute 192, this one 176. */
+typedef void (*acn_narrow_fn)(int kc, const float *a, const float *b, float *c, ptrdiff_t ldc, int cols);
+
 typedef struct {
     int MR, NR;
     acn_ukernel_fn kernel;
     acn_isa isa;
+    acn_narrow_fn narrow;   /* NULL: partial panels use kernel */
+    int narrow_step;
 } acn_ukernel;
 
 const acn_ukernel *acn_ukernel_generic(void);

@@ -94,7 +94,10 @@ static void edge_tile(const acn_gemm_plan *g, int kc, const float *pa, const flo
 {
     const acn_ukernel *uk = g->uk;
     float tmp[MAX_TILE] __attribute__((aligned(64)));
-    uk->kernel(kc, pa, pb, tmp, uk->NR, 0, NULL);
+    if (uk->narrow != NULL && n <= uk->NR - uk->narrow_step)
+        uk->narrow(kc, pa, pb, tmp, uk->NR, n);
+    else
+        uk->kernel(kc, pa, pb, tmp, uk->NR, 0, NULL);
     for (int j = 0; j < n;) {
         const int s = (col + j) / g->seg_cols, q = col + j - s * g->seg_cols;
         const int len = n - j < g->seg_cols - q ? n - j : g->seg_cols - q;

@@ -51,6 +51,25 @@ static void ukernel_avx2(int kc, const float *a, const float *b, float *c, ptrdi
     }
 }
 
+/* 6x8 for a partial panel of <= 8 columns (B rows still NR apart). */
+__attribute__((target("avx2,fma")))
+static void ukernel_avx2_narrow(int kc, const float *a, const float *b, float *c, ptrdiff_t ldc, int cols)
+{
+    (void)cols;
+    __m256 acc[MR];
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; i++)
+        acc[i] = _mm256_setzero_ps();
+    for (int k = 0; k < kc; k++, a += MR, b += NR) {
+        const __m256 bk = _mm256_load_ps(b);
+#pragma GCC unroll 6
+        for (int i = 0; i < MR; i++)
+            acc[i] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + i), bk, acc[i]);
+    }
+    for (int i = 0; i < MR; i++)
+        _mm256_storeu_ps(c + (ptrdiff_t)i * ldc, acc[i]);
+}
+
 /* 8x8 transpose: pairs interleaved, then quads, then the 128-bit halves swapped. */
 __attribute__((target("avx2")))
 static inline void transpose8(__m256 r[8])
@@ -97,7 +116,7 @@ void acn_pack_bt_avx2(float *dst, const float *bt, ptrdiff_t ldb, int p0, int kc
     }
 }
 
-static const acn_ukernel avx2_kernel = {MR, NR, ukernel_avx2, ACN_ISA_AVX2};
+static const acn_ukernel avx2_kernel = {MR, NR, ukernel_avx2, ACN_ISA_AVX2, ukernel_avx2_narrow, 8};
 
 const acn_ukernel *acn_ukernel_avx2(void) { return &avx2_kernel; }
 #else

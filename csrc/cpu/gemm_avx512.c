@@ -51,6 +51,39 @@ static void ukernel_avx512_8x48(int kc, const float *a, const float *b, float *c
     }
 }
 
+/* 8 x 16*NV for a partial panel (NV = 1, 2): the full kernel's loop on the
+ * first NV vectors of each packed B row. */
+#define ACN_NARROW_BODY(NV)                                                                 \
+    __m512 acc[MR8][NV];                                                                    \
+    _Pragma("GCC unroll 8") for (int i = 0; i < MR8; i++)                                  \
+        _Pragma("GCC unroll 2") for (int v = 0; v < NV; v++) acc[i][v] = _mm512_setzero_ps(); \
+    for (int k = 0; k < kc; k++, a += MR8, b += NR48) {                                     \
+        __m512 bv[NV];                                                                      \
+        _Pragma("GCC unroll 2") for (int v = 0; v < NV; v++) bv[v] = _mm512_load_ps(b + 16 * v); \
+        _Pragma("GCC unroll 8") for (int i = 0; i < MR8; i++) {                             \
+            const __m512 ai = _mm512_set1_ps(a[i]);                                         \
+            _Pragma("GCC unroll 2") for (int v = 0; v < NV; v++)                            \
+                acc[i][v] = _mm512_fmadd_ps(ai, bv[v], acc[i][v]);                          \
+        }                                                                                   \
+    }                                                                                       \
+    for (int i = 0; i < MR8; i++)                                                           \
+        for (int v = 0; v < NV; v++) _mm512_storeu_ps(c + (ptrdiff_t)i * ldc + 16 * v, acc[i][v]);
+
+__attribute__((target("avx512f,fma")))
+static void narrow_8x16(int kc, const float *a, const float *b, float *c, ptrdiff_t ldc) { ACN_NARROW_BODY(1) }
+
+__attribute__((target("avx512f,fma")))
+static void narrow_8x32(int kc, const float *a, const float *b, float *c, ptrdiff_t ldc) { ACN_NARROW_BODY(2) }
+#undef ACN_NARROW_BODY
+
+static void ukernel_avx512_narrow(int kc, const float *a, const float *b, float *c, ptrdiff_t ldc, int cols)
+{
+    if (cols <= 16)
+        narrow_8x16(kc, a, b, c, ldc);
+    else
+        narrow_8x32(kc, a, b, c, ldc);
+}
+
 /* 16x16 transpose as four rounds of two-source permutes: round d swaps the
  * off-diagonal d x d blocks of every 2d x 2d block, i.e. moves element (i, c)
  * to (i^d, c^d) where bit d of i and c differ; after d = 8, 4, 2, 1 every
@@ -111,7 +144,7 @@ void acn_pack_bt_avx512(float *dst, const float *bt, ptrdiff_t ldb, int p0, int 
     }
 }
 
-static const acn_ukernel avx512_kernel = {MR8, NR48, ukernel_avx512_8x48, ACN_ISA_AVX512};
+static const acn_ukernel avx512_kernel = {MR8, NR48, ukernel_avx512_8x48, ACN_ISA_AVX512, ukernel_avx512_narrow, 16};
 const acn_ukernel *acn_ukernel_avx512(void) { return &avx512_kernel; }
 #else
 const acn_ukernel *acn_ukernel_avx512(void) { return NULL; }

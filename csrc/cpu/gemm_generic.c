@@ -28,6 +28,6 @@ static void ukernel_generic(int kc, const float *a, const float *b, float *c, pt
     }
 }
 
-static const acn_ukernel generic_kernel = {MR, NR, ukernel_generic, ACN_ISA_GENERIC};
+static const acn_ukernel generic_kernel = {MR, NR, ukernel_generic, ACN_ISA_GENERIC, NULL, 0};
 
 const acn_ukernel *acn_ukernel_generic(void) { return &generic_kernel; }
