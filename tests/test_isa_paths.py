@@ -113,6 +113,22 @@ def test_relu_nan_through_paths(isa):
     assert np.isnan(out[:, :, 1, 1]).all() and not np.isnan(out[:, :, 0, 0]).any()
 
 
+# AlexNet's 3x3/2 pool has its own vector rows: widths 3..71 cover a single
+# output column, masked tails of 1..15 and several 16-wide blocks; 55 and 27
+# are pool1 and pool2, and a height of 13 is pool5.
+@pytest.mark.parametrize("h,w", [(3, 3), (5, 4), (7, 33), (9, 34), (13, 13), (27, 27), (11, 55), (3, 71)])
+def test_max_pool_3x3s2(isa, threads, h, w):
+    rng = np.random.default_rng(h * 100 + w)
+    x = rng.standard_normal((2, 3, h, w)).astype(np.float32)
+    x.flat[rng.choice(x.size, 12, replace=False)] = [np.nan, np.inf, -np.inf, 0.0, -0.0, np.nan,
+                                                      1e30, -1e30, np.nan, 0.0, -0.0, np.inf]
+    ref = F.max_pool2d(torch.from_numpy(x), 3, 2).numpy()
+    out = ac.max_pool2d(x, 3, 2)
+    assert out.shape == ref.shape
+    np.testing.assert_array_equal(out, ref)   # exact: NaN where torch has NaN, equal elsewhere
+    np.testing.assert_array_equal(np.signbit(out), np.signbit(ref), err_msg=f"max_pool {isa}: sign of zero")
+
+
 def _torch_model(variant, state):
     from alexnet_c.reference import torch_alexnet
     m = torch_alexnet(variant, 10)
