@@ -84,6 +84,29 @@ def measure_fma_peak(threads: int) -> Tuple[float, str]:
             "C FMA loop (24 independent chains, active ISA), best of 15")
 
 
+def measure_fma_once(threads: int) -> float:
+    """One probe run (GFLOP/s): the machine's speed now, not its best."""
+    from . import _C
+    return _C.measure_fma_peak(threads, 1.0)
+
+
+def host_steal() -> Optional[Tuple[int, int]]:
+    """(steal, all) CPU time in clock ticks since boot from /proc/stat, or None
+    where there is none: the time a hypervisor ran something else on our vCPUs."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (ticks[7], sum(ticks)) if len(ticks) == 8 else None
+
+
+def steal_percent(before: Optional[Tuple[int, int]], after: Optional[Tuple[int, int]]) -> Optional[float]:
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return 100.0 * (after[0] - before[0]) / (after[1] - before[1])
+
+
 def measure_read_bw(threads: int, mib: int = 512) -> Tuple[float, str]:
     """(GB/s, method) of `threads` threads streaming through a buffer far larger than the caches."""
     from . import _C
@@ -434,12 +457,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print()
     print(f"{'variant':<12} {'batch':>5} {'ours ms':>10} {'torch ms':>10} {'ours i/s':>9} {'torch i/s':>9} "
           f"{'ratio':>6} {'ours%pk':>7} {'torch%pk':>8} {'min ratio':>9}")
+    steal0 = host_steal()
     for v in variants:
         for n in batches:
             reps = args.reps or ((8 if args.quick else 40) if n == 1 else (3 if args.quick else 7))
             r = bench_network(v, n, reps, peak, bw)
             results["networks"].append(r)
             print(_fmt_net(r), flush=True)
+    # A shared host changes speed while we measure: say how it stood after the
+    # timed runs (the %pk columns stay against the first, best-of-15 probe).
+    steal = steal_percent(steal0, host_steal())
+    peak_after = measure_fma_once(args.threads)
+    results.update(peak_after_gflops=peak_after, steal_percent=steal)
+    print(f"after these runs: FMA probe {peak_after:.1f} GFLOP/s ({100.0 * peak_after / peak:.0f}% of the first); "
+          + (f"host steal {steal:.1f}% of CPU time during them" if steal is not None else "host steal unknown"))
 
     plot_rows = None
     if not args.no_layers:

@@ -28,3 +28,15 @@ def test_bench_stages_rows():
     convs = [r for r in rows if r["layer"].startswith("conv")]
     assert len(convs) == 5 and all(r["ours_gflops"] > 0 for r in convs)
     assert all("ours_weight_gbs" in r for r in rows if r["layer"].startswith("fc"))
+
+
+def test_host_steal_and_probe():
+    now = bench.host_steal()
+    if now is not None:   # Linux: (steal, all) ticks, steal part of all
+        steal, total = now
+        assert 0 <= steal <= total and total > 0
+        later = (steal + 1, total + 10)
+        assert bench.steal_percent(now, later) == pytest.approx(10.0)
+    assert bench.steal_percent(None, now) is None
+    assert bench.steal_percent((5, 100), (5, 100)) is None   # no time passed
+    assert bench.measure_fma_once(1) > 0
