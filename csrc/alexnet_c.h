@@ -180,6 +180,8 @@ void net_destroy_cuda(acn_cuda_net *net);
 /* out_host (N,num_classes), inp_host (N,3,H,W): copy in, all layers on the GPU, copy out. */
 int net_forward_cuda(acn_cuda_net *net, float *out_host, const float *inp_host,
                      int N, int H, int W);
+/* counts[0]: CUDA graphs captured so far, counts[1]: forwards run by replaying one. */
+void net_cuda_graph_counts(acn_cuda_net *net, long counts[2]);
 #endif
 
 #ifdef __cplusplus

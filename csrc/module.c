@@ -590,6 +590,7 @@ typedef struct {
     acn_net *cpu;
 #ifdef ALEXNET_C_WITH_CUDA
     acn_cuda_net *cuda;
+    int cuda_users;      /* forwards running on `cuda` without the GIL; it is freed only at 0 */
 #endif
     int variant, num_classes, device;
     PyObject *weights;   /* tuple of the 16 float32 arrays the C net points into */
@@ -742,9 +743,17 @@ static PyObject *net_forward_impl(NetObject *self, PyObject *x_obj, double *seco
         int st;
 #ifdef ALEXNET_C_WITH_CUDA
         if (self->device == DEV_CUDA) {
+            /* Another thread may call to("cpu") while this one runs without the
+             * GIL: the net stays alive until the last forward using it is done. */
+            acn_cuda_net *cnet = self->cuda;
+            self->cuda_users++;
             Py_BEGIN_ALLOW_THREADS
-            st = net_forward_cuda(self->cuda, (float *)PyArray_DATA(out), fdata(x), N, H, W);
+            st = net_forward_cuda(cnet, (float *)PyArray_DATA(out), fdata(x), N, H, W);
             Py_END_ALLOW_THREADS
+            if (--self->cuda_users == 0 && self->device != DEV_CUDA && self->cuda == cnet) {
+                net_destroy_cuda(cnet);
+                self->cuda = NULL;
+            }
         } else
 #endif
         {
@@ -825,8 +834,11 @@ static PyObject *Net_to_device(NetObject *self, PyObject *arg)
         Py_END_ALLOW_THREADS
         if (net == NULL)
             return raise_cuda_status(st == ACN_OK ? ACN_ECUDA : st, "AlexNet.to");
-        self->cuda = net;
-    } else if (device == DEV_CPU && self->cuda) {
+        if (self->cuda != NULL)   /* another thread's to("cuda") finished first */
+            net_destroy_cuda(net);
+        else
+            self->cuda = net;
+    } else if (device == DEV_CPU && self->cuda && self->cuda_users == 0) {
         net_destroy_cuda(self->cuda);
         self->cuda = NULL;
     }
@@ -859,12 +871,27 @@ static PyObject *Net_arena_bytes(NetObject *self, PyObject *args)
     return PyLong_FromSize_t(floats == SIZE_MAX ? SIZE_MAX : floats * sizeof(float));
 }
 
+/* (captures, replays) of the CUDA graph of the whole forward; (0, 0) on the CPU. */
+static PyObject *Net_cuda_graph_counts(NetObject *self, PyObject *Py_UNUSED(ignored))
+{
+    long counts[2] = {0, 0};
+    if (net_ready(self))
+        return NULL;
+#ifdef ALEXNET_C_WITH_CUDA
+    if (self->cuda != NULL)
+        net_cuda_graph_counts(self->cuda, counts);
+#endif
+    return Py_BuildValue("(ll)", counts[0], counts[1]);
+}
+
 static PyMethodDef Net_methods[] = {
     {"forward", (PyCFunction)Net_forward, METH_O, "forward(x) -> (N, num_classes) float32"},
     {"profile", (PyCFunction)Net_profile, METH_O,
      "profile(x) -> (output, [(stage, seconds), ...]): the CPU forward with each stage timed"},
     {"to_device", (PyCFunction)Net_to_device, METH_O, "to_device(0 cpu | 1 cuda)"},
     {"arena_bytes", (PyCFunction)Net_arena_bytes, METH_VARARGS, "activation memory for (N, H, W)"},
+    {"cuda_graph_counts", (PyCFunction)Net_cuda_graph_counts, METH_NOARGS,
+     "cuda_graph_counts() -> (graphs captured, forwards replayed from a graph)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -195,3 +195,10 @@ def test_profile_times_every_stage_of_the_real_forward(variant, size, stages):
         m.profile(x, repeat=0)
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
         m.profile(np.zeros((2, 4, 224, 224), np.float32))
+
+
+def test_cuda_graph_counts_on_cpu():
+    # The CUDA graph counters of tests/test_cuda.py exist on every build; a CPU net has none.
+    m = ac.AlexNet(seed=0)
+    m(np.zeros((1, 3, 63, 63), np.float32))
+    assert m._net.cuda_graph_counts() == (0, 0)

@@ -134,10 +134,14 @@ def test_adaptive_avg_pool2d(rng, xs, out):
     (17, 300, 50, True),        # first batch size on the tiled GEMM
     (64, 512, 256, True),
     (256, 1024, 100, False),
+    (2, 4096, 1000, True),      # two rows per pass of the streaming kernel
+    (12, 68, 33, True),         # a pass of 8 rows, then one of 4
+    (2, 0, 3, True),            # no inputs: the bias, as in PyTorch
+    (3, 0, 5, False),
 ])
 def test_linear(rng, n, i, o, bias):
     x = randn(rng, n, i)
-    w = randn(rng, o, i, scale=(1.0 / i) ** 0.5)
+    w = randn(rng, o, i, scale=(1.0 / max(i, 1)) ** 0.5)
     b = randn(rng, o, scale=0.1) if bias else None
     ours = ac.linear(x, w, b, device="cuda")
     assert_close(ours, F.linear(t64(x), t64(w), t64(b)), f"linear {n}x{i}->{o}")
@@ -224,8 +228,12 @@ def test_model_parity(rng, nets, variant, n, h, w):
     ref_model, _, ours_model = nets(variant)
     x = randn(rng, n, 3, h, w)
     ref = reference(ref_model, x)
-    # Three calls at one shape: plain launches, then graph capture, then graph replay.
+    # Three calls at one shape: plain launches (a new shape), then capture + replay, then
+    # replay; a capture that failed silently would still give the same bits, so count.
+    _, replays0 = ours_model._net.cuda_graph_counts()
     outs = [ours_model(x) for _ in range(3)]
+    captures, replays = ours_model._net.cuda_graph_counts()
+    assert captures >= 1 and replays - replays0 >= 2, (captures, replays0, replays)
     assert_close(outs[0], ref, f"{variant} N={n} {h}x{w}")
     assert_topk_agree(outs[0], ref)
     # The same kernels in the same order: a replayed graph gives the very same bits.
@@ -268,8 +276,11 @@ def test_graphs_off_gives_the_same_bits(rng, nets, monkeypatch):
     monkeypatch.setenv("ALEXNET_C_CUDA_GRAPHS", "0")
     plain = ac.AlexNet.from_state_dict(sd).to("cuda")
     x = randn(rng, 1, 3, 224, 224)
+    _, replays0 = with_graphs._net.cuda_graph_counts()
     for _ in range(3):
         assert np.array_equal(plain(x), with_graphs(x))
+    assert plain._net.cuda_graph_counts() == (0, 0)
+    assert with_graphs._net.cuda_graph_counts()[1] - replays0 >= 2
 
 
 def test_profile_prints_every_layer(rng, nets, monkeypatch, capfd):

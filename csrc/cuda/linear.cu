@@ -110,7 +110,7 @@ bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 acn_status linear_forward_cuda(float *out, const float *inp, const float *weight,
                                const float *bias, int N, int I, int O, int relu,
                                cudaStream_t stream) {
-    if (N < 0 || I < 1 || O < 1)
+    if (N < 0 || I < 0 || O < 1)
         return cuda_fail_msg(ACN_EINVAL, "linear: invalid sizes (N=%d I=%d O=%d)", N, I, O);
     if (N == 0) return ACN_OK;
     if (N <= kStreamBatchMax) {
@@ -168,7 +168,7 @@ acn_status linear_forward_cuda(float *out, const float *inp, const float *weight
 extern "C" int linear_host_cuda(float *out, const float *inp, const float *weight,
                                 const float *bias, int N, int I, int O, int relu) {
     using namespace acn;
-    if (N < 0 || I < 1 || O < 1) return cuda_fail_msg(ACN_EINVAL, "linear: invalid sizes");
+    if (N < 0 || I < 0 || O < 1) return cuda_fail_msg(ACN_EINVAL, "linear: invalid sizes");
     const size_t n_out = (size_t)N * O;
     if (n_out == 0) return ACN_OK;
     const cudaStream_t stream = host_call_stream();

@@ -104,6 +104,7 @@ struct acn_cuda_net {
     cudaGraphExec_t graph = nullptr;              /* for shape (g_n, g_h, g_w) */
     bool graph_failed = false;                    /* capture failed for the last shape */
     int last_n = 0, last_h = 0, last_w = 0;       /* shape of the previous forward */
+    long captures = 0, replays = 0;               /* graphs made and launched, for tests */
     std::mutex lock;
 };
 
@@ -283,6 +284,7 @@ void capture_graph(acn_cuda_net *net, const Workspace &ws, int N, int H, int W) 
     if (st == ACN_OK && end == cudaSuccess && graph &&
         cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess) {
         net->graph = exec;
+        ++net->captures;
     } else {
         net->graph_failed = true;
     }
@@ -297,13 +299,31 @@ bool env_flag(const char *name, bool dflt) {
     return !(strcmp(v, "0") == 0 || strcmp(v, "off") == 0 || strcmp(v, "false") == 0);
 }
 
-/* Makes the net's device current for this thread (a no-op with one GPU). */
-acn_status use_device(const acn_cuda_net *net) {
-    int cur = -1;
-    ACN_CUDA_TRY(cudaGetDevice(&cur), "cudaGetDevice");
-    if (cur != net->device) ACN_CUDA_TRY(cudaSetDevice(net->device), "cudaSetDevice");
-    return ACN_OK;
-}
+/* Makes a device current for this thread for one scope and then gives the
+ * caller's back: torch and our static runtime share the driver's current
+ * device, and a forward on GPU 1 must not leave torch's thread on GPU 1.
+ * (A no-op with one GPU.) */
+class DeviceScope {
+  public:
+    explicit DeviceScope(int device) {
+        if (cudaGetDevice(&prev_) != cudaSuccess) {
+            prev_ = -1;
+            (void)cudaGetLastError();
+        }
+        if (prev_ != device) status_ = cudaSetDevice(device);
+    }
+    ~DeviceScope() {
+        int cur = -1;
+        if (prev_ >= 0 && cudaGetDevice(&cur) == cudaSuccess && cur != prev_) (void)cudaSetDevice(prev_);
+    }
+    DeviceScope(const DeviceScope &) = delete;
+    DeviceScope &operator=(const DeviceScope &) = delete;
+    cudaError_t status() const { return status_; }
+
+  private:
+    int prev_ = -1;
+    cudaError_t status_ = cudaSuccess;
+};
 
 void release(acn_cuda_net *net) {
     drop_graph(net);
@@ -345,7 +365,8 @@ acn_status create(acn_cuda_net *net, const float *const weights[ACN_NUM_WEIGHTS]
 
 acn_status forward(acn_cuda_net *net, float *out_host, const float *inp_host, int N, int H,
                    int W) {
-    ACN_TRY(use_device(net));
+    DeviceScope device(net->device);
+    ACN_CUDA_TRY(device.status(), "cudaSetDevice");
     Plan plan{};
     ACN_TRY(plan_forward(net, N, H, W, &plan));
 
@@ -385,9 +406,10 @@ acn_status forward(acn_cuda_net *net, float *out_host, const float *inp_host, in
         clock.report(N, H, W);
         return ACN_OK;
     }
-    if (net->graph)
+    if (net->graph) {
         ACN_CUDA_TRY(cudaGraphLaunch(net->graph, net->stream), "cudaGraphLaunch");
-    else
+        ++net->replays;
+    } else
         ACN_TRY(run_layers(net, ws, N, H, W));
     return acn::download_and_wait(out_host, ws.logits, plan.logits_floats, net->stream);
 }
@@ -436,12 +458,10 @@ extern "C" acn_cuda_net *net_create_cuda(int variant, int num_classes,
 
 extern "C" void net_destroy_cuda(acn_cuda_net *net) {
     if (!net) return;
+    DeviceScope device(net->device);
     {
         /* Waits for a forward still running on another thread. */
         std::lock_guard<std::mutex> guard(net->lock);
-        int cur = -1;
-        if (cudaGetDevice(&cur) == cudaSuccess && cur != net->device)
-            (void)cudaSetDevice(net->device);
     }
     release(net);
 }
@@ -453,4 +473,10 @@ extern "C" int net_forward_cuda(acn_cuda_net *net, float *out_host, const float 
                              N, H, W);
     std::lock_guard<std::mutex> guard(net->lock);
     return forward(net, out_host, inp_host, N, H, W);
+}
+
+extern "C" void net_cuda_graph_counts(acn_cuda_net *net, long counts[2]) {
+    std::lock_guard<std::mutex> guard(net->lock);
+    counts[0] = net->captures;
+    counts[1] = net->replays;
 }
