@@ -63,12 +63,6 @@ static inline __m512 exp_nonpositive(__m512 t)
     return _mm512_scalef_ps(p, n);
 }
 
-/* The first min(left, 16) lanes. */
-static inline __mmask16 lanes_left(size_t left)
-{
-    return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u);
-}
-
 /* softmax_row for a contiguous row (inner == 1), 16 lanes at a time; the sum is
  * kept in double like the scalar row's. */
 __attribute__((target("avx512f")))
@@ -77,7 +71,7 @@ static void softmax_row_avx512(float *out, const float *inp, size_t D, int log_f
     __m512 vmax = _mm512_set1_ps(-INFINITY);
     __mmask16 nan = 0;
     for (size_t d = 0; d < D; d += 16) {
-        const __mmask16 k = lanes_left(D - d);
+        const __mmask16 k = acn_lanes_left(D - d);
         const __m512 v = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), k, inp + d);
         nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
         vmax = _mm512_max_ps(vmax, v);
@@ -85,7 +79,7 @@ static void softmax_row_avx512(float *out, const float *inp, size_t D, int log_f
     const __m512 m = _mm512_set1_ps(nan ? NAN : _mm512_reduce_max_ps(vmax));
     __m512d sum_lo = _mm512_setzero_pd(), sum_hi = _mm512_setzero_pd();
     for (size_t d = 0; d < D; d += 16) {
-        const __mmask16 k = lanes_left(D - d);
+        const __mmask16 k = acn_lanes_left(D - d);
         const __m512 e = _mm512_maskz_mov_ps(k, exp_nonpositive(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, inp + d), m)));
         if (!log_form)
             _mm512_mask_storeu_ps(out + d, k, e);
@@ -96,14 +90,14 @@ static void softmax_row_avx512(float *out, const float *inp, size_t D, int log_f
     if (log_form) {
         const __m512 lse = _mm512_set1_ps((float)log(sum));
         for (size_t d = 0; d < D; d += 16) {
-            const __mmask16 k = lanes_left(D - d);
+            const __mmask16 k = acn_lanes_left(D - d);
             const __m512 v = _mm512_maskz_loadu_ps(k, inp + d);
             _mm512_mask_storeu_ps(out + d, k, _mm512_sub_ps(_mm512_sub_ps(v, m), lse));
         }
     } else {
         const __m512 inv = _mm512_set1_ps((float)(1.0 / sum));
         for (size_t d = 0; d < D; d += 16) {
-            const __mmask16 k = lanes_left(D - d);
+            const __mmask16 k = acn_lanes_left(D - d);
             _mm512_mask_storeu_ps(out + d, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, out + d), inv));
         }
     }

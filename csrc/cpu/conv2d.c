@@ -42,7 +42,7 @@ static void pack_rows_avx512(float *d, int NR, const float *img, const ptrdiff_t
 {
     __mmask16 mask[MAX_RUNS];
     for (int i = 0; i < nruns; i++)
-        mask[i] = (__mmask16)((1u << runs[i].len) - 1u);
+        mask[i] = acn_lanes_left((size_t)runs[i].len);
     for (int k = 0; k < kc; k++, d += NR) {
         const float *src = img + koff[k];
         for (int i = 0; i < nruns; i++)
@@ -58,7 +58,7 @@ static void strided_copy_avx512(float *dp, const float *sp, int SW, int n)
     const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                            _mm512_set1_epi32(SW));
     for (int j = 0; j < n; j += 16) {
-        const __mmask16 k = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1u);
+        const __mmask16 k = acn_lanes_left((size_t)(n - j));
         const __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, idx, sp + (ptrdiff_t)j * SW, 4);
         _mm512_mask_storeu_ps(dp + j, k, v);
     }

@@ -10,6 +10,15 @@
 #define ACN_X86 0
 #endif
 
+#if ACN_X86
+#include <immintrin.h>
+/* The first min(n, 16) lanes of a 16-lane mask: a row's tail, a short run. */
+static inline __mmask16 acn_lanes_left(size_t n)
+{
+    return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1u);
+}
+#endif
+
 int acn_in_forked_child(void);
 /* Seconds on the monotonic clock (machine.c): the probes and the stage timer. */
 double acn_now_seconds(void);

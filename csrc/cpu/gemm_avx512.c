@@ -130,7 +130,7 @@ void acn_pack_bt_avx512(float *dst, const float *bt, ptrdiff_t ldb, int p0, int 
             const float *src = bt + (ptrdiff_t)(j0 + j) * ldb + p0;
             for (int k = 0; k < kc; k += 16) {
                 const int kn = kc - k < 16 ? kc - k : 16;
-                const __mmask16 mk = (__mmask16)((1u << kn) - 1u);
+                const __mmask16 mk = acn_lanes_left((size_t)kn);
                 __m512 r[16];
 #pragma GCC unroll 16
                 for (int i = 0; i < 16; i++) {

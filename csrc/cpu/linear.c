@@ -15,7 +15,6 @@
 #include "cpu_internal.h"
 
 #include <omp.h>
-#include <string.h>
 
 enum { TR = 8, TN = 3, KCF = 512, OSB = 64, STREAM_ROWS = 8 };
 

@@ -41,7 +41,7 @@ static void pool_row_avx512(float *o, const float *r0, const float *r1, const fl
 {
     const int wn = 2 * OW + 1;
     for (int w = 0; w < wn; w += 16) {
-        const __mmask16 m = wn - w >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (wn - w)) - 1u);
+        const __mmask16 m = acn_lanes_left((size_t)(wn - w));
         const __m512 v = nan_max16(nan_max16(_mm512_maskz_loadu_ps(m, r0 + w), _mm512_maskz_loadu_ps(m, r1 + w)),
                                    _mm512_maskz_loadu_ps(m, r2 + w));
         _mm512_storeu_ps(colmax + w, v);   /* lanes past wn land in POOL_PAD and are never output */
@@ -49,7 +49,7 @@ static void pool_row_avx512(float *o, const float *r0, const float *r1, const fl
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     for (int ow = 0; ow < OW; ow += 16) {
-        const __mmask16 m = OW - ow >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (OW - ow)) - 1u);
+        const __mmask16 m = acn_lanes_left((size_t)(OW - ow));
         const float *c = colmax + 2 * ow;
         const __m512 lo = _mm512_loadu_ps(c), hi = _mm512_loadu_ps(c + 16);
         const __m512 lo2 = _mm512_loadu_ps(c + 2), hi2 = _mm512_loadu_ps(c + 18);

@@ -100,9 +100,8 @@ float *acn_thread_buffer(int slot, size_t floats)
     thread_buffer *t = &b->slot[slot];
     if (t->cap < floats) {
         free(t->ptr);
-        /* 64-byte alignment: packed panels are read with aligned vector loads. */
-        size_t bytes = (floats * sizeof(float) + 63) & ~(size_t)63;
-        t->ptr = acn_alloc_large(bytes);
+        /* 64-byte aligned (acn_alloc_large): packed panels are read with aligned vector loads. */
+        t->ptr = acn_alloc_large(floats * sizeof(float));
         t->cap = t->ptr ? floats : 0;
     }
     return t->ptr;
