@@ -76,18 +76,17 @@ def model_macs(variant: str, hw: int) -> Tuple[int, int, int]:
 
 # ---------------------------------------------------------------- machine
 
-def measure_fma_peak(threads: int) -> Tuple[float, str]:
-    """(GFLOP/s, method) of `threads` threads doing fp32 FMAs."""
-    from . import _C
-    # best of 3 x 5 one-second runs: on a shared host a core often runs slow for seconds
-    return (max(_C.measure_fma_peak(threads, 1.0) for _ in range(3)),
-            "C FMA loop (24 independent chains, active ISA), best of 15")
-
-
 def measure_fma_once(threads: int) -> float:
-    """One probe run (GFLOP/s): the machine's speed now, not its best."""
+    """One probe (GFLOP/s, the best of 5 short runs in C): the machine's speed now."""
     from . import _C
     return _C.measure_fma_peak(threads, 1.0)
+
+
+def measure_fma_peak(threads: int) -> Tuple[float, str]:
+    """(GFLOP/s, method) of `threads` threads doing fp32 FMAs."""
+    # best of 3 x 5 one-second runs: on a shared host a core often runs slow for seconds
+    return (max(measure_fma_once(threads) for _ in range(3)),
+            "C FMA loop (24 independent chains, active ISA), best of 15")
 
 
 def host_steal() -> Optional[Tuple[int, int]]:
