@@ -74,6 +74,29 @@ def model_macs(variant: str, hw: int) -> Tuple[int, int, int]:
     return conv + fc, conv, fc
 
 
+def winograd_layers(variant: str, hw: int, batch: int) -> List[str]:
+    """The conv layers that take the Winograd path at this batch, now (mode, ISA, threads)."""
+    from . import _C
+    return [l["name"] for l in layer_plan(variant, hw) if l["kind"] == "conv" and l["stride"] == 1
+            and _C.winograd_applies(l["weight"][2], batch, l["in_shape"][1] + 2 * l["pad"] - l["weight"][2] + 1,
+                                    l["in_shape"][2] + 2 * l["pad"] - l["weight"][2] + 1)]
+
+
+def performed_macs(variant: str, hw: int, batch: int) -> int:
+    """Multiply-adds per image that alexnet_c's GEMMs actually perform: a Winograd
+    layer does 16 per 2x2 output tile and (output, input) channel pair and 3x3
+    block of its kernel, where model_macs counts the direct convolution's."""
+    wino, total = set(winograd_layers(variant, hw, batch)), 0
+    for l in layer_plan(variant, hw):
+        if l["name"] in wino:
+            (oc, c, k, _), H = l["weight"], l["in_shape"][1]
+            tiles = ((H + 2 * l["pad"] - k + 2) // 2) ** 2
+            total += 16 * oc * c * ((k + 2) // 3) ** 2 * tiles
+        else:
+            total += l["macs"]
+    return total
+
+
 # ---------------------------------------------------------------- machine
 
 def measure_fma_once(threads: int) -> float:
@@ -174,6 +197,9 @@ def bench_network(variant: str, batch: int, reps: int, peak: float, bw: float) -
              min_ratio=min(runs_ours) / min(runs_theirs),
              ours_pct_peak=100.0 * flops / t_ours / 1e9 / peak,
              torch_pct_peak=100.0 * flops / t_theirs / 1e9 / peak)
+    done = performed_macs(variant, hw, batch)
+    r.update(winograd_layers=winograd_layers(variant, hw, batch), performed_gflop_per_image=2.0 * done / 1e9,
+             ours_pct_peak_performed=100.0 * 2.0 * done * batch / t_ours / 1e9 / peak)
     if batch == 1:
         roof = 2.0 * conv / (peak * 1e9) + 4.0 * fc / (bw * 1e9)
         r.update(roofline_ms=roof * 1e3, ours_over_roofline=t_ours / roof)
@@ -287,9 +313,12 @@ def bench_stages(variant: str, batch: int, reps: int, peak: float) -> List[dict]
     for _ in range(reps):
         ours_runs.append(dict(ours._net.profile(x)[1]))
         torch_runs.append(torch_pass())
-    return [_table_row(st, float(np.median([r.get(st["name"], 0.0) for r in ours_runs])),
+    rows = [_table_row(st, float(np.median([r.get(st["name"], 0.0) for r in ours_runs])),
                        float(np.median([r[i] for r in torch_runs])), batch, peak)
             for i, st in enumerate(plan)]
+    for row in rows:
+        row["winograd"] = row["layer"] in winograd_layers(variant, _SIZE[variant], batch)
+    return rows
 
 
 # ---------------------------------------------------------------- lightness
@@ -384,6 +413,9 @@ def _fmt_net(r: dict) -> str:
          f"{r['ours_pct_peak']:>6.1f}% {r['torch_pct_peak']:>6.1f}% {r['min_ratio']:>9.2f}")
     if "roofline_ms" in r:
         s += f"  roofline {r['roofline_ms']:.2f} ms (x{r['ours_over_roofline']:.2f})"
+    if r.get("winograd_layers"):
+        s += (f"  [Winograd {','.join(r['winograd_layers'])}: {r['performed_gflop_per_image']:.3f} GFLOP/image "
+              f"performed, {r['ours_pct_peak_performed']:.1f}% pk]")
     return s
 
 
@@ -397,6 +429,8 @@ def _fmt_layers(rows: List[dict]) -> str:
                      f"{r['torch_pct_peak']:>8.1f}%")
         if "ours_weight_gbs" in r:
             extra += f"  ({r['ours_weight_gbs']:.1f} GB/s weights)"
+        if r.get("winograd"):
+            extra += "  Winograd (GF/s: the direct conv's FLOPs / time)"
         lines.append(f"  {r['layer']:<10} {r['ours_ms']:>9.3f} {r['torch_ms']:>9.3f} {r['ratio']:>6.2f} {extra}")
     tot_o = sum(r["ours_ms"] for r in rows)
     tot_t = sum(r["torch_ms"] for r in rows)

@@ -38,6 +38,20 @@ acn_isa acn_active_isa(void);        /* what the kernels use now */
 int acn_set_isa(acn_isa isa);        /* ACN_EINVAL if the CPU lacks it */
 const char *acn_isa_name(acn_isa isa);
 
+/* ---- Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions (cpu/winograd.c) ----
+ * off: never; on: wherever the shape allows; auto (default): where it is faster.
+ * ALEXNET_C_WINOGRAD=off|on|auto sets it at start-up. */
+typedef enum { ACN_WINO_OFF = 0, ACN_WINO_ON = 1, ACN_WINO_AUTO = 2 } acn_wino_mode;
+void acn_set_winograd(acn_wino_mode mode);
+acn_wino_mode acn_get_winograd(void);
+const char *acn_wino_mode_name(acn_wino_mode mode);
+/* Applies ALEXNET_C_WINOGRAD; -1 (and auto kept) when the value is unknown. */
+int acn_wino_init_from_env(void);
+int acn_wino_env_rejected(void);   /* 1 after such an unknown value */
+/* 1 when a convolution of this shape would take the Winograd path now (with
+ * the mode, ISA and thread count as they are): the benchmark's FLOP count. */
+int acn_wino_would_apply(int KH, int KW, int stride, int groups, int N, int OH, int OW);
+
 /* ---- machine ceilings for the benchmark (cpu/machine.c) ----------------
  * GFLOP/s of nt threads running independent fp32 FMA chains for ~seconds with
  * the active ISA; GB/s of nt threads summing buf (n floats) reps times (best). */

@@ -975,6 +975,37 @@ static PyObject *py_set_isa(PyObject *self, PyObject *arg)
     return PyErr_Format(PyExc_ValueError, "set_isa: expected 'generic', 'avx2' or 'avx512', got %R", arg);
 }
 
+static PyObject *py_get_winograd(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    return PyUnicode_FromString(acn_wino_mode_name(acn_get_winograd()));
+}
+
+static PyObject *py_set_winograd(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (name == NULL)
+        return NULL;
+    for (int m = ACN_WINO_OFF; m <= ACN_WINO_AUTO; m++) {
+        if (strcmp(name, acn_wino_mode_name((acn_wino_mode)m)) == 0) {
+            acn_set_winograd((acn_wino_mode)m);
+            Py_RETURN_NONE;
+        }
+    }
+    return PyErr_Format(PyExc_ValueError, "set_winograd: expected 'off', 'on' or 'auto', got %R", arg);
+}
+
+static PyObject *py_winograd_applies(PyObject *self, PyObject *args)
+{
+    (void)self;
+    int k, n, oh, ow;
+    if (!PyArg_ParseTuple(args, "iiii", &k, &n, &oh, &ow))
+        return NULL;
+    return PyBool_FromLong(acn_wino_would_apply(k, k, 1, 1, n, oh, ow));
+}
+
 static PyObject *py_measure_fma_peak(PyObject *self, PyObject *args)
 {
     (void)self;
@@ -1023,6 +1054,10 @@ static PyMethodDef module_methods[] = {
     {"cuda_status", py_cuda_status, METH_NOARGS, "cuda_status() -> (available, reason)"},
     {"get_isa", py_get_isa, METH_NOARGS, "get_isa() -> (active, best)"},
     {"set_isa", py_set_isa, METH_O, "set_isa('generic' | 'avx2' | 'avx512')"},
+    {"get_winograd", py_get_winograd, METH_NOARGS, "get_winograd() -> 'off' | 'on' | 'auto'"},
+    {"winograd_applies", py_winograd_applies, METH_VARARGS,
+     "winograd_applies(kernel, batch, out_h, out_w) -> bool: would a stride-1 kernel x kernel conv take it now"},
+    {"set_winograd", py_set_winograd, METH_O, "set_winograd('off' | 'on' | 'auto'): Winograd F(2x2,3x3) for 3x3 stride-1 convs"},
     {"measure_fma_peak", py_measure_fma_peak, METH_VARARGS, "measure_fma_peak(threads, seconds) -> GFLOP/s"},
     {"measure_read_bw", py_measure_read_bw, METH_VARARGS, "measure_read_bw(float32 array, reps, threads) -> GB/s"},
     {NULL, NULL, 0, NULL},
@@ -1059,6 +1094,12 @@ PyMODINIT_FUNC PyInit__C(void)
     if (acn_isa_env_rejected()
         && PyErr_WarnFormat(PyExc_RuntimeWarning, 1, "ALEXNET_C_ISA=%s is unknown or not supported by this CPU; "
                             "using %s", getenv("ALEXNET_C_ISA"), acn_isa_name(acn_active_isa())) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    if (acn_wino_env_rejected()
+        && PyErr_WarnFormat(PyExc_RuntimeWarning, 1, "ALEXNET_C_WINOGRAD=%s is not one of off, on, auto; using auto",
+                            getenv("ALEXNET_C_WINOGRAD")) < 0) {
         Py_DECREF(m);
         return NULL;
     }

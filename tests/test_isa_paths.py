@@ -13,25 +13,7 @@ from alexnet_c import _C
 import torch
 F = torch.nn.functional
 
-_ORDER = ["generic", "avx2", "avx512"]
-_BEST = _C.get_isa()[1]
-ISAS = _ORDER[: _ORDER.index(_BEST) + 1]
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    before = _C.get_isa()[0]
-    _C.set_isa(request.param)
-    yield request.param
-    _C.set_isa(before)
-
-
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def threads(request):
-    before = ac.get_num_threads()
-    ac.set_num_threads(request.param)
-    yield request.param
-    ac.set_num_threads(before)
+from _isa import ISAS, isa, threads  # noqa: F401  (fixtures)
 
 
 def close(ours, ref, what):

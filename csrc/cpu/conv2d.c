@@ -249,6 +249,15 @@ int conv2d_forward_cpu(float *out, const float *inp, const float *weight, const 
      * freed on return: a one-off huge call must not stay resident in a
      * per-thread buffer. (The network packs once and pads inside its arena.) */
     const acn_ukernel *uk = acn_active_ukernel();
+    const int OH = (H + 2 * PH - KH) / SH + 1, OW = (W + 2 * PW - KW) / SW + 1;
+    if (C > 0 && acn_wino_applies(KH, KW, SH, SW, groups, N, OH, OW, uk)) {
+        float *u = malloc(acn_wino_packed_floats(C, OC, KH, uk->MR) * sizeof(float));
+        int st = u != NULL && acn_wino_pack_weights(u, weight, C, OC, KH, uk->MR) == 1
+            ? acn_wino_conv(out, inp, u, uk, bias, N, C, H, W, OC, KH, PH, PW, relu) : ACN_WINO_NONFINITE;
+        free(u);
+        if (st != ACN_WINO_NONFINITE)
+            return st;
+    }
     float *packed = malloc((acn_conv_packed_floats(C, OC, KH, KW, groups, uk->MR) + 1) * sizeof(float));
     float *padded = needs_padded_copy(SW, PH, PW)
         ? malloc(acn_conv_phase_floats(N, C, H, W, SW, PH, PW) * sizeof(float)) : NULL;

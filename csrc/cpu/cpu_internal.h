@@ -31,7 +31,8 @@ void *acn_alloc_large(size_t bytes);
 
 /* Grow-only buffer owned by the calling OS thread and freed when it exits, so
  * repeated kernel calls allocate nothing and ended threads leak nothing. */
-enum { ACN_TLS_PACK_A = 0, ACN_TLS_PACK_B = 1, ACN_TLS_WORK = 2, ACN_TLS_CONV_ROWS = 3, ACN_TLS_SLOTS = 4 };
+enum { ACN_TLS_PACK_A = 0, ACN_TLS_PACK_B = 1, ACN_TLS_WORK = 2, ACN_TLS_CONV_ROWS = 3, ACN_TLS_WINO_V = 4,
+       ACN_TLS_WINO_M = 5, ACN_TLS_SLOTS = 6 };
 float *acn_thread_buffer(int slot, size_t floats);
 
 /* ---- GEMM internals (gemm.c) ----
@@ -113,6 +114,19 @@ size_t acn_conv_phase_floats(int N, int C, int H, int W, int SW, int PH, int PW)
 int acn_conv2d_packed(float *out, const float *inp, const float *packed, const acn_ukernel *uk,
                       const float *bias, int N, int C, int H, int W, int OC, int KH, int KW,
                       int SH, int SW, int PH, int PW, int groups, int relu, float *work);
+/* ---- Winograd F(2x2, 3x3) internals (winograd.c); the mode is in alexnet_c.h ----
+ * Returned by acn_wino_conv3x3 when a non-finite value appeared: the output is
+ * then incomplete and the caller recomputes the layer with the direct path. */
+enum { ACN_WINO_NONFINITE = 100 };
+int acn_wino_applies(int KH, int KW, int SH, int SW, int groups, int N, int OH, int OW, const acn_ukernel *uk);
+/* K x K kernels, K = 3 or 5 (four 3x3 blocks), stride 1, one group. */
+size_t acn_wino_packed_floats(int C, int OC, int K, int MR);
+/* 1: packed, every value finite; 0: packed, some not finite (do not use); -1: no memory. */
+int acn_wino_pack_weights(float *dst, const float *weight, int C, int OC, int K, int MR);
+/* inp (N,C,H,W), u from acn_wino_pack_weights for uk->MR, out (N,OC,H+2PH-K+1,W+2PW-K+1). */
+int acn_wino_conv(float *out, const float *inp, const float *u, const acn_ukernel *uk, const float *bias,
+                  int N, int C, int H, int W, int OC, int K, int PH, int PW, int relu);
+
 static inline float acn_relu1(float x) { return x < 0.0f ? 0.0f : x; }   /* NaN stays NaN */
 
 #endif

@@ -39,6 +39,7 @@ void acn_runtime_init(void)
         return;
     pthread_atfork(NULL, NULL, mark_forked_child);
     acn_isa_init_from_env();
+    acn_wino_init_from_env();
 }
 
 /* ---- large buffers ---- */
