@@ -5,6 +5,7 @@
 #include "cpu_internal.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -53,10 +54,14 @@ struct acn_net {
      * used in place. If the ISA is switched later, conv packs per call. */
     const acn_ukernel *packed_uk;
     float *packed[ACN_NUM_CONV];
-    /* Winograd weights of the 3x3 and 5x5 layers (16/9 and 64/25 of their
-     * direct packing: 18 MB torchvision, 28 MB original); NULL where a layer is not 3x3 / 5x5 with
-     * stride 1 or a transformed weight is not finite. */
-    float *wino[ACN_NUM_CONV];
+    /* Winograd weights of the 3x3 and 5x5 stride-1 layers (16/9 and 64/25 of
+     * their direct packing: 18 MB torchvision, 28 MB original), packed on a
+     * layer's first Winograd call: loading stays as fast as before and a
+     * batch-1 user never holds them. wino_unusable: a transformed weight was
+     * not finite, the direct path serves that layer for good. */
+    pthread_mutex_t wino_lock;
+    float *_Atomic wino[ACN_NUM_CONV];
+    _Atomic int wino_unusable[ACN_NUM_CONV];
     pthread_mutex_t arena_lock;
     float *arena;
     size_t arena_floats;
@@ -85,26 +90,17 @@ acn_net *net_create_cpu(int variant, int num_classes, const float *const weights
         const size_t floats = acn_conv_packed_floats(C, c->out_c, c->k, c->k, 1, net->packed_uk->MR);
         net->packed[l] = acn_alloc_large(floats * sizeof(float));
         if (net->packed[l] == NULL) {
-            for (int j = 0; j < l; j++) {
+            for (int j = 0; j < l; j++)
                 free(net->packed[j]);
-                free(net->wino[j]);
-            }
             free(net);
             *status = ACN_ENOMEM;
             return NULL;
         }
         acn_conv_pack_weights(net->packed[l], weights[2 * l], C, c->out_c, c->k, c->k, 1, net->packed_uk->MR);
-        if ((c->k == 3 || c->k == 5) && c->stride == 1) {
-            net->wino[l] = acn_alloc_large(acn_wino_packed_floats(C, c->out_c, c->k, net->packed_uk->MR) * sizeof(float));
-            if (net->wino[l] != NULL
-                && acn_wino_pack_weights(net->wino[l], weights[2 * l], C, c->out_c, c->k, net->packed_uk->MR) != 1) {
-                free(net->wino[l]);   /* no memory or not finite: the direct path serves */
-                net->wino[l] = NULL;
-            }
-        }
         C = c->out_c;
     }
     pthread_mutex_init(&net->arena_lock, NULL);
+    pthread_mutex_init(&net->wino_lock, NULL);
     *status = ACN_OK;
     return net;
 }
@@ -114,6 +110,7 @@ void net_destroy_cpu(acn_net *net)
     if (net == NULL)
         return;
     pthread_mutex_destroy(&net->arena_lock);
+    pthread_mutex_destroy(&net->wino_lock);
     for (int l = 0; l < ACN_NUM_CONV; l++) {
         free(net->packed[l]);
         free(net->wino[l]);
@@ -184,7 +181,35 @@ static void stage_done(stage_clock *clk, int stage)
     clk->t = t;
 }
 
-static int run_layers(const acn_net *net, float *out, const float *inp, int N, int H, int W, float *arena,
+/* Layer l's Winograd weights (C input channels), packed now if this is its
+ * first Winograd call; NULL when it cannot have them (not finite, or no memory
+ * this time). Forwards run concurrently: one thread packs, the others wait. */
+static const float *wino_weights(acn_net *net, int l, int C)
+{
+    const float *u = atomic_load(&net->wino[l]);
+    if (u != NULL || atomic_load(&net->wino_unusable[l]))
+        return u;
+    pthread_mutex_lock(&net->wino_lock);
+    u = atomic_load(&net->wino[l]);
+    if (u == NULL && !atomic_load(&net->wino_unusable[l])) {
+        const acn_conv_spec *c = &net->spec->conv[l];
+        const int MR = net->packed_uk->MR;
+        float *w = acn_alloc_large(acn_wino_packed_floats(C, c->out_c, c->k, MR) * sizeof(float));
+        const int packed = w == NULL ? -1 : acn_wino_pack_weights(w, net->w[2 * l], C, c->out_c, c->k, MR);
+        if (packed == 1) {
+            atomic_store(&net->wino[l], w);
+            u = w;
+        } else {
+            free(w);
+            if (packed == 0)
+                atomic_store(&net->wino_unusable[l], 1);
+        }
+    }
+    pthread_mutex_unlock(&net->wino_lock);
+    return u;
+}
+
+static int run_layers(acn_net *net, float *out, const float *inp, int N, int H, int W, float *arena,
                       size_t half, double *seconds)
 {
     static const int conv_stage[ACN_NUM_CONV] = {ACN_STAGE_CONV1, ACN_STAGE_CONV2, ACN_STAGE_CONV3,
@@ -211,9 +236,10 @@ static int run_layers(const acn_net *net, float *out, const float *inp, int N, i
         float *work = (src != spare && acn_conv_phase_floats(N, C, H, W, c->stride, c->pad, c->pad) <= half) ? spare : NULL;
         const int OH = out_size(H, c->k, c->stride, c->pad), OW = out_size(W, c->k, c->stride, c->pad);
         st = ACN_WINO_NONFINITE;   /* i.e. not computed yet */
-        if (uk == net->packed_uk && net->wino[l] != NULL && acn_wino_applies(c->k, c->k, 1, 1, 1, N, OH, OW, uk))
-            st = acn_wino_conv(dst, src, net->wino[l], uk, net->w[2 * l + 1], N, C, H, W, c->out_c, c->k,
-                               c->pad, c->pad, 1);
+        const float *u = uk == net->packed_uk && c->stride == 1
+                         && acn_wino_applies(c->k, c->k, 1, 1, 1, N, OH, OW, uk) ? wino_weights(net, l, C) : NULL;
+        if (u != NULL)
+            st = acn_wino_conv(dst, src, u, uk, net->w[2 * l + 1], N, C, H, W, c->out_c, c->k, c->pad, c->pad, 1);
         /* The direct path; also after Winograd met a NaN or Inf, whose places it
          * would not keep. */
         if (st == ACN_WINO_NONFINITE && uk == net->packed_uk)

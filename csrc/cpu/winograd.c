@@ -393,87 +393,108 @@ static void store_run_plain(const wino_job *j, const tile_run *r, float y[4][Y_C
     }
 }
 
-/* One chunk of ncols tiles from tile t0. V: E x (panels x KD x NR) packed-B
- * panels; Mb: E x MR x WINO_CHUNK. Returns the count of non-finite results. */
-static long run_chunk(const wino_job *j, long long t0, int ncols, float *V, float *Mb)
+/* A chunk: ncols tiles from tile t0, as runs cut at the NR panels (for V) and
+ * at tile rows only (for the outputs). */
+typedef struct {
+    long long t0;
+    int ncols, nin, nout;
+    tile_run in[WINO_CHUNK], out[WINO_CHUNK];
+} chunk_plan;
+
+static void plan_chunk(const wino_job *j, long long t0, int ncols, chunk_plan *p)
 {
-    const acn_ukernel *uk = j->uk;
-    const int NR = uk->NR, MR = uk->MR, C = j->C, KD = j->KD;
-    const int panels = (ncols + NR - 1) / NR, panels_a = (j->OC + MR - 1) / MR;
+    p->t0 = t0;
+    p->ncols = ncols;
+    p->nin = p->nout = 0;
+    for (int col = 0; col < ncols; p->nin++) {
+        p->in[p->nin] = next_run(j, t0 + col, col, ncols, j->uk->NR);
+        col += p->in[p->nin].xb - p->in[p->nin].xa;
+    }
+    for (int col = 0; col < ncols; p->nout++) {
+        p->out[p->nout] = next_run(j, t0 + col, col, ncols, WINO_CHUNK);
+        col += p->out[p->nout].xb - p->out[p->nout].xa;
+    }
+}
+
+/* Rows [k0, k1) of the chunk's V (row k = block * C + channel): E x (panels x
+ * KD x NR) packed-B panels. Channel-outer: the 16 rows of V that a channel
+ * writes are whole cache lines before the next channel starts (run-outer
+ * measured slower). */
+static void chunk_input(const wino_job *j, const chunk_plan *p, float *V, int k0, int k1)
+{
+    const int NR = j->uk->NR, KD = j->KD, C = j->C, ncols = p->ncols;
+    const int panels = (ncols + NR - 1) / NR;
     const size_t vstride = (size_t)(WINO_CHUNK / NR) * KD * NR;   /* between elements e */
-    const size_t mstride = (size_t)MR * WINO_CHUNK;   /* M of one panel of output channels */
     if (ncols < panels * NR)   /* the last chunk: the rest of its last panel is read, not used */
         for (int e = 0; e < E; e++)
-            for (int k = 0; k < KD; k++)
+            for (int k = k0; k < k1; k++)
                 memset(V + e * vstride + ((size_t)(panels - 1) * KD + k) * NR + ncols % NR, 0,
                        (size_t)(NR - ncols % NR) * sizeof(float));
-    /* Channel-outer: the 16 rows of V that one channel writes are whole cache
-     * lines by the time the next channel starts (run-outer measured slower). */
-    tile_run runs[WINO_CHUNK];
-    int nruns = 0;
-    for (int col = 0; col < ncols; nruns++) {
-        runs[nruns] = next_run(j, t0 + col, col, ncols, NR);
-        col += runs[nruns].xb - runs[nruns].xa;
-    }
     const size_t img_floats = (size_t)C * j->H * j->W, plane = (size_t)j->H * j->W;
-    for (int blk = 0; blk < j->nb * j->nb; blk++) {
+    for (int k = k0; k < k1; k++) {
+        const int blk = k / C, c = k % C;
         wino_job shifted = *j;   /* block (by, bx) reads the input 3 by, 3 bx further on */
         shifted.PH -= 3 * (blk / j->nb);
         shifted.PW -= 3 * (blk % j->nb);
-        for (int c = 0; c < C; c++)
-            for (int q = 0; q < nruns; q++) {
-                const tile_run *r = &runs[q];
-                float *v = V + ((size_t)(r->col / NR) * KD + blk * C + c) * NR + r->col % NR;
-                input_tiles(&shifted, r, j->inp + r->n * img_floats + c * plane, v, vstride);
-            }
+        for (int q = 0; q < p->nin; q++) {
+            const tile_run *r = &p->in[q];
+            float *v = V + ((size_t)(r->col / NR) * KD + k) * NR + r->col % NR;
+            input_tiles(&shifted, r, j->inp + r->n * img_floats + c * plane, v, vstride);
+        }
     }
-    tile_run out_runs[WINO_CHUNK];   /* cut only at tile rows: y is one row of WINO_CHUNK */
-    int nout = 0;
-    for (int col = 0; col < ncols; nout++) {
-        out_runs[nout] = next_run(j, t0 + col, col, ncols, WINO_CHUNK);
-        col += out_runs[nout].xb - out_runs[nout].xa;
+}
+
+/* Output channels [ir MR, ir MR + MR) of a chunk: the 16 GEMMs, then at once the
+ * output transform, so that M (E x MR x WINO_CHUNK) is a small buffer in L1
+ * (transforming after all panels measured slower: U streaming through L2 had
+ * evicted M by then). V stays in L2, re-read by every panel as B panels are
+ * in a direct conv. Returns the count of non-finite results. */
+static long chunk_panel(const wino_job *j, const chunk_plan *p, const float *V, float *Mb, int ir)
+{
+    const acn_ukernel *uk = j->uk;
+    const int NR = uk->NR, MR = uk->MR, KD = j->KD, ncols = p->ncols;
+    const int panels = (ncols + NR - 1) / NR;
+    const size_t vstride = (size_t)(WINO_CHUNK / NR) * KD * NR, mstride = (size_t)MR * WINO_CHUNK;
+    for (int e = 0; e < E; e++) {
+        const float *pa = j->u + e * j->per_e + (size_t)ir * KD * MR;
+        for (int q = 0; q < panels; q++) {
+            const float *pb = V + e * vstride + (size_t)q * KD * NR;
+            const int n = min_int(NR, ncols - q * NR);
+            float *c = Mb + e * mstride + q * NR;
+            if (n < NR && uk->narrow != NULL && n <= NR - uk->narrow_step)
+                uk->narrow(KD, pa, pb, c, WINO_CHUNK, n);
+            else
+                uk->kernel(KD, pa, pb, c, WINO_CHUNK, 0, NULL);
+        }
     }
-    /* Per panel of MR output channels: its 16 GEMMs, then at once its output
-     * transform, so that M is a small buffer in L1 (transforming after all
-     * panels measured slower: U streaming through L2 had evicted M by then).
-     * V stays in L2, re-read by every panel as B panels are in a direct conv. */
     long bad = 0;
     float y[4][Y_COLS] __attribute__((aligned(64)));
-    for (int ir = 0; ir < panels_a; ir++) {
-        for (int e = 0; e < E; e++) {
-            const float *pa = j->u + e * j->per_e + (size_t)ir * KD * MR;
-            for (int p = 0; p < panels; p++) {
-                const float *pb = V + e * vstride + (size_t)p * KD * NR;
-                const int n = min_int(NR, ncols - p * NR);
-                float *c = Mb + e * mstride + p * NR;
-                if (n < NR && uk->narrow != NULL && n <= NR - uk->narrow_step)
-                    uk->narrow(KD, pa, pb, c, WINO_CHUNK, n);
-                else
-                    uk->kernel(KD, pa, pb, c, WINO_CHUNK, 0, NULL);
-            }
-        }
-        for (int oc = ir * MR; oc < min_int(j->OC, ir * MR + MR); oc++) {
-            const float *m = Mb + (size_t)(oc - ir * MR) * WINO_CHUNK;
-            const float b = j->bias ? j->bias[oc] : 0.0f;
+    for (int oc = ir * MR; oc < min_int(j->OC, ir * MR + MR); oc++) {
+        const float *m = Mb + (size_t)(oc - ir * MR) * WINO_CHUNK;
+        const float b = j->bias ? j->bias[oc] : 0.0f;
 #if ACN_X86
-            bad += uk->isa == ACN_ISA_AVX512 ? output_math_avx512(m, mstride, ncols, b, y)
-                                             : output_math_plain(m, mstride, ncols, b, y);
+        bad += uk->isa == ACN_ISA_AVX512 ? output_math_avx512(m, mstride, ncols, b, y)
+                                         : output_math_plain(m, mstride, ncols, b, y);
 #else
-            bad += output_math_plain(m, mstride, ncols, b, y);
+        bad += output_math_plain(m, mstride, ncols, b, y);
 #endif
-            for (int q = 0; q < nout; q++) {
-                float *oplane = j->out + ((size_t)out_runs[q].n * j->OC + oc) * j->OH * j->OW;
+        for (int q = 0; q < p->nout; q++) {
+            float *oplane = j->out + ((size_t)p->out[q].n * j->OC + oc) * j->OH * j->OW;
 #if ACN_X86
-                if (uk->isa == ACN_ISA_AVX512) {
-                    store_run_avx512(j, &out_runs[q], y, oplane);
-                    continue;
-                }
-#endif
-                store_run_plain(j, &out_runs[q], y, oplane);
+            if (uk->isa == ACN_ISA_AVX512) {
+                store_run_avx512(j, &p->out[q], y, oplane);
+                continue;
             }
+#endif
+            store_run_plain(j, &p->out[q], y, oplane);
         }
     }
     return bad;
+}
+
+static int chunk_cols(long long tiles, long long c)
+{
+    return (int)(tiles - c * WINO_CHUNK < WINO_CHUNK ? tiles - c * WINO_CHUNK : WINO_CHUNK);
 }
 
 int acn_wino_conv(float *out, const float *inp, const float *u, const acn_ukernel *uk, const float *bias,
@@ -494,6 +515,8 @@ int acn_wino_conv(float *out, const float *inp, const float *u, const acn_ukerne
     long long next = 0;
     long bad = 0;
     int status = ACN_OK;
+    /* (Threads sharing each chunk instead, for small batches, measured slower
+     * at batch 1 and 2: V or U then comes from L3 for every panel.) */
 #pragma omp parallel num_threads(nt) reduction(+ : bad) if (nt > 1)
     {
         float *V = acn_thread_buffer(ACN_TLS_WINO_V, v_floats);
@@ -502,14 +525,17 @@ int acn_wino_conv(float *out, const float *inp, const float *u, const acn_ukerne
 #pragma omp atomic write
             status = ACN_ENOMEM;
         } else {
+            chunk_plan plan;
             for (;;) {
                 long long c;
 #pragma omp atomic capture
                 c = next++;
                 if (c >= chunks)
                     break;
-                const long long t0 = c * WINO_CHUNK;
-                bad += run_chunk(&j, t0, (int)(tiles - t0 < WINO_CHUNK ? tiles - t0 : WINO_CHUNK), V, Mb);
+                plan_chunk(&j, c * WINO_CHUNK, chunk_cols(tiles, c), &plan);
+                chunk_input(&j, &plan, V, 0, j.KD);
+                for (int ir = 0; ir < (OC + uk->MR - 1) / uk->MR; ir++)
+                    bad += chunk_panel(&j, &plan, V, Mb, ir);
             }
         }
     }
