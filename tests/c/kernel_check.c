@@ -66,8 +66,8 @@ static void check_conv(const char *isa, int threads, const int c[9])
     float *b = random_floats((size_t)OC), *ours = malloc(on * sizeof(float)), *ref = malloc(on * sizeof(float));
     char what[160];
     for (int relu = 0; relu <= 1; relu++) {
-        snprintf(what, sizeof what, "conv2d %s %dt N%d C%d %dx%d OC%d k%d s%d p%d g%d relu%d", isa, threads,
-                 N, C, H, W, OC, K, S, P, G, relu);
+        snprintf(what, sizeof what, "conv2d %s %dt N%d C%d %dx%d OC%d k%d s%d p%d g%d relu%d winograd %s", isa,
+                 threads, N, C, H, W, OC, K, S, P, G, relu, acn_wino_mode_name(acn_get_winograd()));
         int st = conv2d_forward_cpu(ours, x, w, relu ? b : NULL, N, C, H, W, OC, K, K, S, S, P, P, G, relu, NULL);
         conv2d_forward_naive(ref, x, w, relu ? b : NULL, N, C, H, W, OC, K, K, S, S, P, P, G, relu, NULL);
         verdict(what, st, ours, ref, on);
@@ -100,6 +100,7 @@ int main(void)
         {1, 5, 9, 7, 7, 3, 1, 0, 1},
         {1, 2, 3, 3, 5, 1, 5, 0, 1},       /* stride above the width */
         {64, 16, 6, 6, 12, 3, 1, 1, 1},
+        {2, 7, 10, 11, 17, 5, 1, 2, 1},    /* 5x5, odd output: Winograd blocks past the kernel */
     };
     static const int linears[][3] = {{1, 9216, 37}, {3, 100, 7}, {8, 2051, 66}, {9, 1030, 101},
                                      {16, 4099, 97}, {64, 1500, 130}, {17, 0, 5}, {12, 31, 1}};
@@ -112,8 +113,13 @@ int main(void)
         isas_run++;
         for (int threads = 1; threads <= 2; threads++) {
             acn_set_num_threads(threads);
-            for (size_t c = 0; c < sizeof convs / sizeof convs[0]; c++)
-                check_conv(acn_isa_name(isas[i]), threads, convs[c]);
+            /* off: the direct path everywhere; on: Winograd for every 3x3 / 5x5 stride-1 case */
+            for (int mode = ACN_WINO_OFF; mode <= ACN_WINO_ON; mode++) {
+                acn_set_winograd((acn_wino_mode)mode);
+                for (size_t c = 0; c < sizeof convs / sizeof convs[0]; c++)
+                    check_conv(acn_isa_name(isas[i]), threads, convs[c]);
+            }
+            acn_set_winograd(ACN_WINO_AUTO);
             for (size_t l = 0; l < sizeof linears / sizeof linears[0]; l++)
                 check_linear(acn_isa_name(isas[i]), threads, linears[l][0], linears[l][1], linears[l][2]);
         }
