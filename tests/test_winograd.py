@@ -6,16 +6,13 @@ every edge of its tiling (odd outputs, runs cut at 48-tile chunks and at the
 micro-kernel's panels, output channels not a multiple of the tile rows, wide
 rows); non-finite values must land where PyTorch puts them (the direct path
 recomputes such a layer); the mode switch and its environment variable."""
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
 
 import alexnet_c as ac
 from alexnet_c import _C
+from _subproc import child_env, run_python
 from _torch_models import make_model
 
 F = torch.nn.functional
@@ -220,9 +217,8 @@ def test_mode_switch():
 @pytest.mark.parametrize("value,mode,warns", [("off", "off", False), ("on", "on", False), ("", "auto", False),
                                               ("fast", "auto", True)])
 def test_environment_variable(value, mode, warns):
-    env = dict(os.environ, ALEXNET_C_WINOGRAD=value)
     code = "import warnings; warnings.simplefilter('always'); import alexnet_c._C as c; print(c.get_winograd())"
-    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    p = run_python(["-c", code], env=child_env(ALEXNET_C_WINOGRAD=value), timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == mode
     assert ("ALEXNET_C_WINOGRAD=fast is not one of off, on, auto" in p.stderr) == warns
