@@ -81,7 +81,7 @@ int acn_wino_applies(int KH, int KW, int SH, int SW, int groups, int N, int OH, 
     return tiles > (KH == 3 ? 1LL : 4LL) * WINO_CHUNK * max_int(acn_get_num_threads(), 2);
 }
 
-/* A K x K kernel (K = 3 or 5) is K_BLOCKS(K)^2 blocks of 3x3 (zero past K), each
+/* A K x K kernel (K = 3 or 5) is k_blocks(K)^2 blocks of 3x3 (zero past K), each
  * a 3x3 convolution of the input shifted by 3 rows / columns per block: the
  * GEMM depth becomes blocks * C, the transforms stay the exact F(2x2, 3x3) ones
  * (5x5: 64 multiplications per 2x2 tile and channel pair instead of 100). */
