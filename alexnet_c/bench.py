@@ -51,7 +51,7 @@ def layer_plan(variant: str, hw: int) -> List[dict]:
     for i, (c, oc, k, s, p, pool) in enumerate(_CONVS[variant], 1):
         OH = (H + 2 * p - k) // s + 1
         layers.append(dict(name=f"conv{i}", kind="conv", in_shape=(C, H, H), weight=(oc, c, k, k),
-                           stride=s, pad=p, macs=oc * OH * OH * c * k * k))
+                           stride=s, pad=p, out_hw=OH, macs=oc * OH * OH * c * k * k))
         layers.append(dict(name=f"relu{i}", kind="relu", in_shape=(oc, OH, OH), macs=0))
         C, H = oc, OH
         if pool:
@@ -78,8 +78,7 @@ def winograd_layers(variant: str, hw: int, batch: int) -> List[str]:
     """The conv layers that take the Winograd path at this batch, now (mode, ISA, threads)."""
     from . import _C
     return [l["name"] for l in layer_plan(variant, hw) if l["kind"] == "conv" and l["stride"] == 1
-            and _C.winograd_applies(l["weight"][2], batch, l["in_shape"][1] + 2 * l["pad"] - l["weight"][2] + 1,
-                                    l["in_shape"][2] + 2 * l["pad"] - l["weight"][2] + 1)]
+            and _C.winograd_applies(l["weight"][2], batch, l["out_hw"], l["out_hw"])]
 
 
 def performed_macs(variant: str, hw: int, batch: int) -> int:
@@ -89,8 +88,8 @@ def performed_macs(variant: str, hw: int, batch: int) -> int:
     wino, total = set(winograd_layers(variant, hw, batch)), 0
     for l in layer_plan(variant, hw):
         if l["name"] in wino:
-            (oc, c, k, _), H = l["weight"], l["in_shape"][1]
-            tiles = ((H + 2 * l["pad"] - k + 2) // 2) ** 2
+            oc, c, k, _ = l["weight"]
+            tiles = ((l["out_hw"] + 1) // 2) ** 2
             total += 16 * oc * c * ((k + 2) // 3) ** 2 * tiles
         else:
             total += l["macs"]
@@ -316,8 +315,9 @@ def bench_stages(variant: str, batch: int, reps: int, peak: float) -> List[dict]
     rows = [_table_row(st, float(np.median([r.get(st["name"], 0.0) for r in ours_runs])),
                        float(np.median([r[i] for r in torch_runs])), batch, peak)
             for i, st in enumerate(plan)]
+    wino = winograd_layers(variant, _SIZE[variant], batch)
     for row in rows:
-        row["winograd"] = row["layer"] in winograd_layers(variant, _SIZE[variant], batch)
+        row["winograd"] = row["layer"] in wino
     return rows
 
 

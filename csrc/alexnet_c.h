@@ -38,7 +38,7 @@ acn_isa acn_active_isa(void);        /* what the kernels use now */
 int acn_set_isa(acn_isa isa);        /* ACN_EINVAL if the CPU lacks it */
 const char *acn_isa_name(acn_isa isa);
 
-/* ---- Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions (cpu/winograd.c) ----
+/* ---- Winograd F(2x2, 3x3) for 3x3 and 5x5 stride-1 convolutions (cpu/winograd.c) ----
  * off: never; on: wherever the shape allows; auto (default): where it is faster.
  * ALEXNET_C_WINOGRAD=off|on|auto sets it at start-up. */
 typedef enum { ACN_WINO_OFF = 0, ACN_WINO_ON = 1, ACN_WINO_AUTO = 2 } acn_wino_mode;

@@ -1057,7 +1057,7 @@ static PyMethodDef module_methods[] = {
     {"get_winograd", py_get_winograd, METH_NOARGS, "get_winograd() -> 'off' | 'on' | 'auto'"},
     {"winograd_applies", py_winograd_applies, METH_VARARGS,
      "winograd_applies(kernel, batch, out_h, out_w) -> bool: would a stride-1 kernel x kernel conv take it now"},
-    {"set_winograd", py_set_winograd, METH_O, "set_winograd('off' | 'on' | 'auto'): Winograd F(2x2,3x3) for 3x3 stride-1 convs"},
+    {"set_winograd", py_set_winograd, METH_O, "set_winograd('off' | 'on' | 'auto'): Winograd F(2x2,3x3) for 3x3 and 5x5 stride-1 convs"},
     {"measure_fma_peak", py_measure_fma_peak, METH_VARARGS, "measure_fma_peak(threads, seconds) -> GFLOP/s"},
     {"measure_read_bw", py_measure_read_bw, METH_VARARGS, "measure_read_bw(float32 array, reps, threads) -> GB/s"},
     {NULL, NULL, 0, NULL},

@@ -1,5 +1,8 @@
-"""Fixtures that run a test once per CPU ISA path this machine has (generic,
-avx2, avx512; restored afterwards) and once per thread count (1 and 2)."""
+"""The CPU code-path switches for tests: fixtures that run a test once per ISA
+path this machine has (generic, avx2, avx512) and once per thread count (1 and
+2), and a context for the Winograd mode; each restores the setting afterwards."""
+import contextlib
+
 import pytest
 
 import alexnet_c as ac
@@ -23,3 +26,14 @@ def threads(request):
     ac.set_num_threads(request.param)
     yield request.param
     ac.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def winograd(mode):
+    """Winograd 'off', 'on' or 'auto' inside the block, the previous mode after it."""
+    before = _C.get_winograd()
+    _C.set_winograd(mode)
+    try:
+        yield
+    finally:
+        _C.set_winograd(before)

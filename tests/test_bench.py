@@ -4,6 +4,7 @@ import pytest
 
 import alexnet_c as ac
 from alexnet_c import bench
+from _isa import winograd
 
 pytest.importorskip("torch")
 
@@ -46,20 +47,15 @@ def test_winograd_layers_and_performed_flops():
     """The benchmark names the layers that take Winograd and counts the
     multiply-adds they really perform: 16 per 2x2 tile, channel pair and 3x3
     block (torchvision conv2 at 27x27: 196 tiles, 4 blocks; conv3: 49 tiles)."""
-    from alexnet_c import _C
-    before = _C.get_winograd()
-    try:
-        _C.set_winograd("off")
+    with winograd("off"):
         assert bench.winograd_layers("torchvision", 224, 64) == []
         assert bench.performed_macs("torchvision", 224, 64) == bench.model_macs("torchvision", 224)[0]
-        _C.set_winograd("on")
+    with winograd("on"):
         assert bench.winograd_layers("torchvision", 224, 1) == ["conv2", "conv3", "conv4", "conv5"]
         nominal = bench.model_macs("torchvision", 224)[0]
         saved = (192 * 64 * 25 * 27 * 27 - 16 * 192 * 64 * 4 * 196
                  + sum(oc * c * (9 * 169 - 16 * 49) for oc, c in [(384, 192), (256, 384), (256, 256)]))
         assert bench.performed_macs("torchvision", 224, 1) == nominal - saved
-        _C.set_winograd("auto")
+    with winograd("auto"):
         assert bench.winograd_layers("torchvision", 224, 1) == []      # too few tiles to share
         assert bench.winograd_layers("original", 227, 64) == ["conv2", "conv3", "conv4", "conv5"]
-    finally:
-        _C.set_winograd(before)

@@ -17,16 +17,12 @@ from _torch_models import make_model
 
 F = torch.nn.functional
 
-from _isa import ISAS, isa, threads  # noqa: F401  (fixtures)
+from _isa import ISAS, isa, threads, winograd  # noqa: F401  (fixtures)
 
 
 def conv_in_mode(mode, *args, **kw):
-    before = _C.get_winograd()
-    _C.set_winograd(mode)
-    try:
+    with winograd(mode):
         return ac.conv2d(*args, **kw)
-    finally:
-        _C.set_winograd(before)
 
 
 def models(variant, seed):
@@ -161,24 +157,18 @@ def test_model_with_winograd(isa, variant, hw):
     x = rng.standard_normal((4, 3, hw, hw)).astype(np.float32)
     with torch.no_grad():
         ref = ref_model(torch.from_numpy(x).double()).numpy()
-    before = _C.get_winograd()
-    try:
-        outs = {}
-        for mode in ("on", "off", "auto"):
-            _C.set_winograd(mode)
+    outs = {}
+    for mode in ("on", "off", "auto"):
+        with winograd(mode):
             outs[mode] = ours(x)
-            close(outs[mode], ref, f"{variant} winograd {mode} {isa}")
-    finally:
-        _C.set_winograd(before)
+        close(outs[mode], ref, f"{variant} winograd {mode} {isa}")
     assert not np.array_equal(outs["on"], outs["off"])
     assert np.array_equal(outs["auto"], outs["on"])
-    try:   # batch 1: too few tiles to share between threads, auto keeps the direct path
-        _C.set_winograd("auto")
+    # batch 1: too few tiles to share between threads, auto keeps the direct path
+    with winograd("auto"):
         one_auto = ours(x[:1])
-        _C.set_winograd("off")
+    with winograd("off"):
         assert np.array_equal(one_auto, ours(x[:1]))
-    finally:
-        _C.set_winograd(before)
 
 
 def test_model_nonfinite_input_with_winograd():
@@ -191,27 +181,20 @@ def test_model_nonfinite_input_with_winograd():
     x[2, 2, 5, 200] = np.inf
     with torch.no_grad():
         ref = ref_model(torch.from_numpy(x).double()).numpy()
-    before = _C.get_winograd()
-    _C.set_winograd("on")
-    try:
+    with winograd("on"):
         out = ours(x)
-    finally:
-        _C.set_winograd(before)
     specials_match(out, ref)
     assert np.isfinite(out[[0, 3]]).all()
 
 
 def test_mode_switch():
-    before = _C.get_winograd()
-    try:
+    with winograd("auto"):   # restores the mode the suite runs in afterwards
         for mode in ("off", "on", "auto"):
             _C.set_winograd(mode)
             assert _C.get_winograd() == mode
         with pytest.raises(ValueError, match="expected 'off', 'on' or 'auto', got 'yes'"):
             _C.set_winograd("yes")
         assert _C.get_winograd() == "auto"
-    finally:
-        _C.set_winograd(before)
 
 
 @pytest.mark.parametrize("value,mode,warns", [("off", "off", False), ("on", "on", False), ("", "auto", False),
@@ -236,13 +219,9 @@ def test_model_nonfinite_weight_keeps_the_direct_path():
     x = rng.standard_normal((4, 3, 224, 224)).astype(np.float32)
     with torch.no_grad():
         ref = ref_model(torch.from_numpy(x).double()).numpy()
-    before = _C.get_winograd()
-    _C.set_winograd("on")
-    try:
+    with winograd("on"):
         specials_match(ours(x), ref)
         specials_match(ours(x), ref)   # the second call: the layer is marked, not retried
-    finally:
-        _C.set_winograd(before)
 
 
 def test_first_winograd_calls_race():

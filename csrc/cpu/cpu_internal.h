@@ -115,7 +115,7 @@ int acn_conv2d_packed(float *out, const float *inp, const float *packed, const a
                       const float *bias, int N, int C, int H, int W, int OC, int KH, int KW,
                       int SH, int SW, int PH, int PW, int groups, int relu, float *work);
 /* ---- Winograd F(2x2, 3x3) internals (winograd.c); the mode is in alexnet_c.h ----
- * Returned by acn_wino_conv3x3 when a non-finite value appeared: the output is
+ * Returned by acn_wino_conv when a non-finite value appeared: the output is
  * then incomplete and the caller recomputes the layer with the direct path. */
 enum { ACN_WINO_NONFINITE = 100 };
 int acn_wino_applies(int KH, int KW, int SH, int SW, int groups, int N, int OH, int OW, const acn_ukernel *uk);

@@ -235,13 +235,13 @@ static int run_layers(acn_net *net, float *out, const float *inp, int N, int H, 
         float *spare = buf[which ^ 1];
         float *work = (src != spare && acn_conv_phase_floats(N, C, H, W, c->stride, c->pad, c->pad) <= half) ? spare : NULL;
         const int OH = out_size(H, c->k, c->stride, c->pad), OW = out_size(W, c->k, c->stride, c->pad);
-        st = ACN_WINO_NONFINITE;   /* i.e. not computed yet */
-        const float *u = uk == net->packed_uk && c->stride == 1
-                         && acn_wino_applies(c->k, c->k, 1, 1, 1, N, OH, OW, uk) ? wino_weights(net, l, C) : NULL;
-        if (u != NULL)
-            st = acn_wino_conv(dst, src, u, uk, net->w[2 * l + 1], N, C, H, W, c->out_c, c->k, c->pad, c->pad, 1);
-        /* The direct path; also after Winograd met a NaN or Inf, whose places it
-         * would not keep. */
+        const int wino = uk == net->packed_uk && acn_wino_applies(c->k, c->k, c->stride, c->stride, 1, N, OH, OW, uk);
+        const float *u = wino ? wino_weights(net, l, C) : NULL;
+        st = u == NULL ? ACN_WINO_NONFINITE
+                       : acn_wino_conv(dst, src, u, uk, net->w[2 * l + 1], N, C, H, W, c->out_c, c->k, c->pad,
+                                       c->pad, 1);
+        /* The direct path: no Winograd for this layer, or it met a NaN or Inf,
+         * whose places it would not keep. */
         if (st == ACN_WINO_NONFINITE && uk == net->packed_uk)
             st = acn_conv2d_packed(dst, src, net->packed[l], uk, net->w[2 * l + 1], N, C, H, W, c->out_c,
                                    c->k, c->k, c->stride, c->stride, c->pad, c->pad, 1, 1, work);

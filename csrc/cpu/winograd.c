@@ -140,7 +140,21 @@ int acn_wino_pack_weights(float *dst, const float *weight, int C, int OC, int K,
     return finite;
 }
 
+typedef struct wino_job wino_job;
+
+/* A run of tiles of one tile row inside a chunk: image n, tile row ty, tiles
+ * [xa, xb), at chunk columns col .. col + xb - xa - 1. */
+typedef struct { int n, ty, xa, xb, col; } tile_run;
+
+/* The transform steps for one ISA, chosen once per call: the plain C
+ * references, or their AVX-512 versions. */
 typedef struct {
+    void (*input_tiles)(const wino_job *j, const tile_run *r, const float *plane, float *v, size_t vstride);
+    int (*output_math)(const float *m, size_t mstride, int ncols, float b, float y[4][Y_COLS]);
+    void (*store_run)(const wino_job *j, const tile_run *r, float y[4][Y_COLS], float *oplane);
+} wino_steps;
+
+struct wino_job {
     const float *inp;
     float *out;
     const float *u;      /* packed U, E blocks of per_e floats */
@@ -149,11 +163,8 @@ typedef struct {
     int N, C, H, W, OC, OH, OW, PH, PW, TH, TW, relu;
     int nb, KD;          /* 3x3 blocks per kernel side; GEMM depth nb * nb * C */
     size_t per_e;
-} wino_job;
-
-/* A run of tiles of one tile row inside a chunk: image n, tile row ty, tiles
- * [xa, xb), at chunk columns col .. col + xb - xa - 1. */
-typedef struct { int n, ty, xa, xb, col; } tile_run;
+    const wino_steps *steps;
+};
 
 /* The next run from chunk column col (tile t) up to the chunk's end or the end
  * of the tile row, cut at NR panel borders so that a run's V columns are
@@ -204,7 +215,7 @@ static void input_tiles_plain(const wino_job *j, const tile_run *r, const float 
 
 /* A^T M A of every tile of a chunk for one output channel, plus bias: y[q][t]
  * for output q = 2a + b of tile t; returns how many were not finite. */
-static inline int output_math(const float *m, size_t mstride, int ncols, float b, float y[4][Y_COLS])
+static int output_math_plain(const float *m, size_t mstride, int ncols, float b, float y[4][Y_COLS])
 {
     int bad = 0;
     for (int t = 0; t < ncols; t++) {
@@ -223,11 +234,6 @@ static inline int output_math(const float *m, size_t mstride, int ncols, float b
         }
     }
     return bad;
-}
-
-static int output_math_plain(const float *m, size_t mstride, int ncols, float b, float y[4][Y_COLS])
-{
-    return output_math(m, mstride, ncols, b, y);
 }
 
 #if ACN_X86
@@ -294,7 +300,7 @@ static void input_tiles_avx512(const wino_job *j, const tile_run *r, const float
     }
 }
 
-/* output_math 16 tiles at a time (GCC leaves that loop scalar), the same sums
+/* output_math_plain 16 tiles at a time (GCC leaves that loop scalar), the same sums
  * in the same order. */
 __attribute__((target("avx512f")))
 static int output_math_avx512(const float *m, size_t mstride, int ncols, float b, float y[4][Y_COLS])
@@ -355,17 +361,6 @@ static void store_run_avx512(const wino_job *j, const tile_run *r, float y[4][Y_
 }
 #endif
 
-static void input_tiles(const wino_job *j, const tile_run *r, const float *plane, float *v, size_t vstride)
-{
-#if ACN_X86
-    if (j->uk->isa == ACN_ISA_AVX512) {
-        input_tiles_avx512(j, r, plane, v, vstride);
-        return;
-    }
-#endif
-    input_tiles_plain(j, r, plane, v, vstride);
-}
-
 /* y (bias added) to the output channel's plane for the tiles of one run,
  * ReLU on the way; tile t of the run is chunk column r->col + t. */
 static void store_run_plain(const wino_job *j, const tile_run *r, float y[4][Y_COLS], float *oplane)
@@ -391,6 +386,20 @@ static void store_run_plain(const wino_job *j, const tile_run *r, float y[4][Y_C
                 o[2 * full] = y0[full];
         }
     }
+}
+
+static const wino_steps plain_steps = {input_tiles_plain, output_math_plain, store_run_plain};
+#if ACN_X86
+static const wino_steps avx512_steps = {input_tiles_avx512, output_math_avx512, store_run_avx512};
+#endif
+
+static const wino_steps *steps_for(const acn_ukernel *uk)
+{
+#if ACN_X86
+    if (uk->isa == ACN_ISA_AVX512)
+        return &avx512_steps;
+#endif
+    return &plain_steps;
 }
 
 /* A chunk: ncols tiles from tile t0, as runs cut at the NR panels (for V) and
@@ -439,7 +448,7 @@ static void chunk_input(const wino_job *j, const chunk_plan *p, float *V, int k0
         for (int q = 0; q < p->nin; q++) {
             const tile_run *r = &p->in[q];
             float *v = V + ((size_t)(r->col / NR) * KD + k) * NR + r->col % NR;
-            input_tiles(&shifted, r, j->inp + r->n * img_floats + c * plane, v, vstride);
+            j->steps->input_tiles(&shifted, r, j->inp + r->n * img_floats + c * plane, v, vstride);
         }
     }
 }
@@ -472,22 +481,9 @@ static long chunk_panel(const wino_job *j, const chunk_plan *p, const float *V, 
     for (int oc = ir * MR; oc < min_int(j->OC, ir * MR + MR); oc++) {
         const float *m = Mb + (size_t)(oc - ir * MR) * WINO_CHUNK;
         const float b = j->bias ? j->bias[oc] : 0.0f;
-#if ACN_X86
-        bad += uk->isa == ACN_ISA_AVX512 ? output_math_avx512(m, mstride, ncols, b, y)
-                                         : output_math_plain(m, mstride, ncols, b, y);
-#else
-        bad += output_math_plain(m, mstride, ncols, b, y);
-#endif
-        for (int q = 0; q < p->nout; q++) {
-            float *oplane = j->out + ((size_t)p->out[q].n * j->OC + oc) * j->OH * j->OW;
-#if ACN_X86
-            if (uk->isa == ACN_ISA_AVX512) {
-                store_run_avx512(j, &p->out[q], y, oplane);
-                continue;
-            }
-#endif
-            store_run_plain(j, &p->out[q], y, oplane);
-        }
+        bad += j->steps->output_math(m, mstride, ncols, b, y);
+        for (int q = 0; q < p->nout; q++)
+            j->steps->store_run(j, &p->out[q], y, j->out + ((size_t)p->out[q].n * j->OC + oc) * j->OH * j->OW);
     }
     return bad;
 }
@@ -504,7 +500,7 @@ int acn_wino_conv(float *out, const float *inp, const float *u, const acn_ukerne
     if (OH < 1 || OW < 1 || N <= 0 || OC <= 0 || C <= 0 || (K != 3 && K != 5) || WINO_CHUNK % uk->NR != 0)
         return ACN_EINVAL;
     wino_job j = {inp, out, u, bias, uk, N, C, H, W, OC, OH, OW, PH, PW, (OH + 1) / 2, (OW + 1) / 2, relu,
-                  nb, nb * nb * C, acn_packed_a_floats(OC, nb * nb * C, uk->MR)};
+                  nb, nb * nb * C, acn_packed_a_floats(OC, nb * nb * C, uk->MR), steps_for(uk)};
     const long long tiles = (long long)N * j.TH * j.TW;
     const long long chunks = (tiles + WINO_CHUNK - 1) / WINO_CHUNK;
     const size_t v_floats = (size_t)E * j.KD * WINO_CHUNK;
