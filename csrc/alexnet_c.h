@@ -196,6 +196,10 @@ int net_forward_cuda(acn_cuda_net *net, float *out_host, const float *inp_host,
                      int N, int H, int W);
 /* counts[0]: CUDA graphs captured so far, counts[1]: forwards run by replaying one. */
 void net_cuda_graph_counts(acn_cuda_net *net, long counts[2]);
+#ifdef ALEXNET_C_CUDA_EMULATED
+/* csrc/cuda_emu/selftest.cu: runs the emulator self-test `name` (out: n floats). */
+int acn_emu_selftest(const char *name, float *out_host, size_t n);
+#endif
 #endif
 
 #ifdef __cplusplus

@@ -951,6 +951,36 @@ static PyObject *py_cuda_status(PyObject *self, PyObject *unused)
 #endif
 }
 
+#ifdef ALEXNET_C_CUDA_EMULATED
+/* _emu_selftest(name, n) -> float32 array of n: one of csrc/cuda_emu/selftest.cu's
+ * kernels, for the tests of the emulator itself. */
+static PyObject *py_emu_selftest(PyObject *self, PyObject *args)
+{
+    (void)self;
+    const char *name;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "sn", &name, &n))
+        return NULL;
+    if (n < 1 || n > (1 << 24)) {
+        PyErr_Format(PyExc_ValueError, "_emu_selftest: n must be in [1, 2**24], got %zd", n);
+        return NULL;
+    }
+    npy_intp dims[1] = {(npy_intp)n};
+    PyArrayObject *out = (PyArrayObject *)PyArray_ZEROS(1, dims, NPY_FLOAT32, 0);
+    if (out == NULL)
+        return NULL;
+    int st;
+    Py_BEGIN_ALLOW_THREADS
+    st = acn_emu_selftest(name, (float *)PyArray_DATA(out), (size_t)n);
+    Py_END_ALLOW_THREADS
+    if (st != ACN_OK) {
+        Py_DECREF(out);
+        return raise_cuda_status(st, "_emu_selftest");
+    }
+    return (PyObject *)out;
+}
+#endif
+
 static PyObject *py_get_isa(PyObject *self, PyObject *unused)
 {
     (void)self;
@@ -1052,6 +1082,9 @@ static PyMethodDef module_methods[] = {
     {"set_num_threads", py_set_num_threads, METH_O, "set_num_threads(n)"},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "get_num_threads()"},
     {"cuda_status", py_cuda_status, METH_NOARGS, "cuda_status() -> (available, reason)"},
+#ifdef ALEXNET_C_CUDA_EMULATED
+    {"_emu_selftest", py_emu_selftest, METH_VARARGS, "_emu_selftest(name, n): a CUDA emulator self-test kernel"},
+#endif
     {"get_isa", py_get_isa, METH_NOARGS, "get_isa() -> (active, best)"},
     {"set_isa", py_set_isa, METH_O, "set_isa('generic' | 'avx2' | 'avx512')"},
     {"get_winograd", py_get_winograd, METH_NOARGS, "get_winograd() -> 'off' | 'on' | 'auto'"},
@@ -1090,6 +1123,12 @@ PyMODINIT_FUNC PyInit__C(void)
     PyModule_AddIntConstant(m, "WITH_CUDA", 1);
 #else
     PyModule_AddIntConstant(m, "WITH_CUDA", 0);
+#endif
+#ifdef ALEXNET_C_CUDA_EMULATED
+    /* built with ALEXNET_C_CUDA=emulate: "cuda" is csrc/cuda_emu's CPU emulator */
+    PyModule_AddIntConstant(m, "CUDA_EMULATED", 1);
+#else
+    PyModule_AddIntConstant(m, "CUDA_EMULATED", 0);
 #endif
     if (acn_isa_env_rejected()
         && PyErr_WarnFormat(PyExc_RuntimeWarning, 1, "ALEXNET_C_ISA=%s is unknown or not supported by this CPU; "

@@ -1,0 +1,114 @@
+/* selftest.cu: kernels with the mistakes the CUDA emulator is there to catch, and one
+ * correct twin of each, for tests/test_cuda_emulator.py (through _C._emu_selftest).
+ * Built into ALEXNET_C_CUDA=emulate builds only; a GPU build never sees this file.
+ *
+ * A check that never fires proves nothing, so each of the emulator's checks is shown
+ * here failing on a kernel that is wrong in exactly that way.
+ */
+#include <string.h>
+
+#include "cuda_common.cuh"
+
+namespace acn {
+namespace {
+
+constexpr int kRotate = 64;   /* threads per block of the rotate kernels */
+
+/* out[b][t] = t + 1 (mod 64), through shared memory: each thread reads what its
+ * neighbour wrote, which needs the barrier in between. */
+__global__ void rotate_kernel(float *out, int with_barrier) {
+    __shared__ float slot[kRotate];
+    const int t = threadIdx.x;
+    slot[t] = (float)t;
+    if (with_barrier) __syncthreads();
+    out[blockIdx.x * kRotate + t] = slot[(t + 1) % kRotate];
+}
+
+/* Only half of the block reaches the barrier. */
+__global__ void divergent_barrier_kernel(float *out) {
+    if (threadIdx.x < 16) __syncthreads();
+    out[threadIdx.x] = 1.f;
+}
+
+/* Thread 0 returns before the barrier the others wait at. */
+__global__ void barrier_after_return_kernel(float *out) {
+    if (threadIdx.x == 0) return;
+    __syncthreads();
+    out[threadIdx.x] = 1.f;
+}
+
+/* out[t] = sum of the lane numbers of t's warp; in a block that is not a whole
+ * number of warps, a full-mask shuffle waits for lanes that do not exist. */
+__global__ void warp_sum_kernel(float *out) {
+    out[threadIdx.x] = warp_sum((float)(threadIdx.x % kWarp));
+}
+
+/* out[t] = inp[t], 16 bytes at a time: on a GPU a misaligned inp faults. */
+__global__ void float4_copy_kernel(float4 *out, const float4 *inp) {
+    out[threadIdx.x] = inp[threadIdx.x];
+}
+
+__global__ void copy_kernel(float *out, const float *inp, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = inp[i];
+}
+
+acn_status run(const char *name, float *out_host, size_t n, cudaStream_t stream) {
+    DeviceBuffers mem;
+    float *d_out, *d_in;
+    ACN_TRY(mem.alloc(&d_out, n, "self-test output"));
+    if (!strcmp(name, "rotate") || !strcmp(name, "rotate_without_barrier")) {
+        if (n % kRotate) return cuda_fail_msg(ACN_EINVAL, "rotate: n must be a multiple of %d", kRotate);
+        rotate_kernel<<<(unsigned)(n / kRotate), kRotate, 0, stream>>>(d_out, !strcmp(name, "rotate"));
+    } else if (!strcmp(name, "divergent_barrier")) {
+        divergent_barrier_kernel<<<1, (unsigned)n, 0, stream>>>(d_out);
+    } else if (!strcmp(name, "barrier_after_return")) {
+        barrier_after_return_kernel<<<1, (unsigned)n, 0, stream>>>(d_out);
+    } else if (!strcmp(name, "warp_sum")) {
+        warp_sum_kernel<<<1, (unsigned)n, 0, stream>>>(d_out);
+    } else if (!strcmp(name, "fresh_memory")) {
+        /* A copy of memory that nothing wrote. */
+        ACN_TRY(mem.alloc(&d_in, n, "self-test input"));
+        copy_kernel<<<ceil_div(n, 256), 256, 0, stream>>>(d_out, d_in, (int)n);
+    } else if (!strcmp(name, "misaligned_float4")) {
+        /* float4 loads from one float past an aligned address: UBSan (ALEXNET_C_SANITIZE=1)
+         * must report it; in other builds the compiler's aligned vector loads make the
+         * process die of SIGSEGV, as a GPU faults. */
+        if (n % 4 || n / 4 > 1024) return cuda_fail_msg(ACN_EINVAL, "misaligned_float4: n must be 4k, k <= 1024");
+        ACN_TRY(mem.alloc(&d_in, n + 1, "self-test input"));
+        float ramp[4096 + 1];
+        for (size_t i = 0; i <= n; ++i) ramp[i] = (float)i;
+        ACN_CUDA_TRY(cudaMemcpyAsync(d_in, ramp, (n + 1) * sizeof(float), cudaMemcpyHostToDevice, stream),
+                     "self-test input");
+        float4_copy_kernel<<<1, (unsigned)(n / 4), 0, stream>>>(reinterpret_cast<float4 *>(d_out),
+                                                                 reinterpret_cast<const float4 *>(d_in + 1));
+    } else if (!strcmp(name, "sync_in_capture")) {
+        /* A stream synchronisation while the stream captures: the real runtime refuses
+         * it and invalidates the capture; so must the emulator. */
+        cudaStream_t s = nullptr;
+        ACN_CUDA_TRY(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
+        ACN_CUDA_TRY(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+        copy_kernel<<<1, 32, 0, s>>>(d_out, d_out, 0);
+        const cudaError_t sync = cudaStreamSynchronize(s);
+        cudaGraph_t graph = nullptr;
+        const cudaError_t end = cudaStreamEndCapture(s, &graph);
+        (void)cudaGetLastError();
+        if (graph) (void)cudaGraphDestroy(graph);
+        (void)cudaStreamDestroy(s);
+        if (sync != cudaErrorStreamCaptureUnsupported || end != cudaErrorStreamCaptureInvalidated)
+            return cuda_fail_msg(ACN_ECUDA, "sync_in_capture: synchronize gave %s, end of capture %s",
+                                 cudaGetErrorName(sync), cudaGetErrorName(end));
+        return ACN_OK;   /* refused and invalidated, as it should be; out_host untouched */
+    } else {
+        return cuda_fail_msg(ACN_EINVAL, "unknown self-test %s", name);
+    }
+    ACN_TRY(check_launch(name));
+    return download_and_wait(out_host, d_out, n, stream);
+}
+
+}  // namespace
+}  // namespace acn
+
+extern "C" int acn_emu_selftest(const char *name, float *out_host, size_t n) {
+    return acn::run(name, out_host, n, acn::host_call_stream());
+}

@@ -1,0 +1,172 @@
+"""The CUDA emulator (csrc/cuda_emu) and the CUDA error paths only it can reach.
+
+- Each check of the emulator fires on a kernel that is wrong in exactly that way
+  (csrc/cuda_emu/selftest.cu): a missing barrier, in either thread order; a barrier
+  that not every thread reaches; a full-mask shuffle in a partial warp; a read of
+  device memory nothing wrote; a synchronisation inside a graph capture. A check
+  that never fires would make tests/test_cuda.py's passes under the emulator worthless.
+- A kernel fault (sticky, as on a GPU) is a RuntimeError with the runtime's text for
+  every later CUDA call, while the CPU path goes on; device memory running out is a
+  MemoryError and the model works again afterwards. On a real GPU neither can be
+  provoked on purpose by our own kernels.
+
+Runs in builds made with ALEXNET_C_CUDA=emulate (.ci/emulated_cuda.sh, .ci/sanitize.sh);
+elsewhere skipped with the reason, like every other `cuda`-marked test.
+"""
+import os
+
+import numpy as np
+import pytest
+
+import alexnet_c as ac
+from alexnet_c import _C
+from _subproc import child_env, run_python
+
+EMULATED = bool(getattr(_C, "CUDA_EMULATED", 0))
+SANITIZED = os.environ.get("ALEXNET_C_SANITIZED") == "1"   # set by .ci/sanitize.sh
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not EMULATED, reason="alexnet_c was not built with ALEXNET_C_CUDA=emulate")]
+
+
+def selftest(name, n):
+    return _C._emu_selftest(name, n)
+
+
+def test_barrier_makes_the_rotation_exact():
+    expected = np.tile((np.arange(64) + 1) % 64, 3).astype(np.float32)
+    assert np.array_equal(selftest("rotate", 192), expected)
+
+
+_ROTATE_CHILD = """
+import numpy as np
+from alexnet_c import _C
+out = _C._emu_selftest("rotate_without_barrier", 128)
+print("nan", int(np.isnan(out).sum()))
+ok = np.array_equal(_C._emu_selftest("rotate", 128), np.tile((np.arange(64) + 1) % 64, 2).astype(np.float32))
+print("with barrier", ok)
+"""
+
+
+@pytest.mark.parametrize("schedule", ["forward", "reverse"])
+def test_missing_barrier_shows_in_either_thread_order(schedule):
+    """Without the barrier, some thread reads its neighbour's slot before the
+    neighbour has written it (thread 0 in index order, thread 63 in reverse), and
+    finds the NaN that each block's shared memory starts with."""
+    res = run_python(["-c", _ROTATE_CHILD], env=child_env(ALEXNET_C_EMU_SCHEDULE=schedule))
+    assert res.returncode == 0, res.stderr
+    nan = int(res.stdout.split("nan ")[1].split()[0])
+    assert nan >= 2 and "with barrier True" in res.stdout, res.stdout   # one per block at least
+
+
+def test_fresh_device_memory_reads_as_nan():
+    assert np.isnan(selftest("fresh_memory", 300)).all()
+
+
+def test_full_warp_shuffle_sums_each_warp():
+    assert np.array_equal(selftest("warp_sum", 96), np.full(96, 496, np.float32))
+
+
+def test_misaligned_float4_load_is_not_silent():
+    """A float4 load from an address that is not 16-byte aligned faults on a GPU. The
+    emulator declares float4 16-byte aligned, so the sanitizer build's UBSan names it,
+    and elsewhere the compiler's aligned vector loads kill the process (SIGSEGV)."""
+    code = "from alexnet_c import _C; print(_C._emu_selftest('misaligned_float4', 64)[:3])"
+    res = run_python(["-c", code])
+    assert res.returncode != 0 and "[1. 2. 3.]" not in res.stdout, res.stdout + res.stderr
+    if SANITIZED:
+        assert "misaligned address" in res.stderr and "float4" in res.stderr, res.stderr
+
+
+def test_synchronising_a_capturing_stream_is_refused():
+    selftest("sync_in_capture", 4)   # raises unless refused and the capture invalidated
+
+
+def test_unknown_selftest_is_a_value_error():
+    with pytest.raises(ValueError, match="unknown self-test"):
+        selftest("no such test", 4)
+
+
+_FAULT_CHILD = """
+import sys
+import numpy as np
+import alexnet_c as ac
+name, n = sys.argv[1], int(sys.argv[2])
+x = np.random.default_rng(0).standard_normal((1, 3, 63, 63)).astype(np.float32)
+cpu = ac.AlexNet(num_classes=10, seed=0)
+before = cpu(x)
+gpu = ac.AlexNet(num_classes=10, seed=0).to("cuda")
+assert np.allclose(gpu(x), before, rtol=1e-4, atol=1e-5)
+try:
+    ac._C._emu_selftest(name, n)
+    print("no fault")
+except RuntimeError as e:
+    print("fault:", e)
+later = [lambda: ac.relu(np.ones(3, np.float32), device="cuda"), lambda: gpu(x),
+         lambda: ac.AlexNet(num_classes=10, seed=0).to("cuda"),
+         lambda: ac.conv2d(x, np.ones((2, 3, 3, 3), np.float32), device="cuda")]
+for call in later:
+    try:
+        call()
+        print("later: no error")
+    except RuntimeError as e:
+        print("later:", e)
+assert np.array_equal(cpu(x), before)
+assert np.array_equal(ac.relu(np.array([-1, 2], np.float32)), [0, 2])
+print("cpu ok")
+"""
+
+
+@pytest.mark.parametrize("name,n,why", [
+    ("divergent_barrier", 32, "deadlock: 16 of 32 threads wait at __syncthreads()"),
+    ("barrier_after_return", 32, "__syncthreads() after 1 of the block's 32 threads returned"),
+    ("warp_sum", 48, "full-mask shuffle in a warp of 16 threads"),
+])
+def test_kernel_fault_is_sticky_and_the_cpu_path_goes_on(name, n, why):
+    res = run_python(["-c", _FAULT_CHILD, name, str(n)])
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout
+    assert "fault: _emu_selftest: CUDA error: " in out and "unspecified launch failure" in out, out
+    assert out.count("later: ") == 4 and "later: no error" not in out, out
+    assert out.count("unspecified launch failure (cudaErrorLaunchFailure)") == 5, out
+    assert "cpu ok" in out
+    assert "alexnet_c CUDA emulator: kernel fault in " in res.stderr and why in res.stderr, res.stderr
+
+
+_OOM_CHILD = """
+import numpy as np
+import alexnet_c as ac
+rng = np.random.default_rng(0)
+m = ac.AlexNet(num_classes=1000, seed=0)
+gpu = ac.AlexNet.from_state_dict(m.state_dict()).to("cuda")     # 244 MB of weights fit in 400
+small = rng.standard_normal((1, 3, 63, 63)).astype(np.float32)
+assert np.allclose(gpu(small), m(small), rtol=1e-4, atol=1e-5)
+big = np.zeros((160, 3, 224, 224), np.float32)                   # the input alone: 96 MB
+for what, call in [("relu", lambda: ac.relu(np.ones(64 << 20, np.float32), device="cuda")),
+                   ("model", lambda: gpu(big)),
+                   ("second model", lambda: ac.AlexNet(num_classes=1000, seed=1).to("cuda"))]:
+    try:
+        call()
+        print(what, "no error")
+    except ac.CudaOutOfMemoryError as e:
+        assert isinstance(e, MemoryError) and isinstance(e, RuntimeError)
+        print(what, "oom:", e)
+assert np.array_equal(ac.relu(np.array([-1, 2], np.float32), device="cuda"), [0, 2])
+assert np.allclose(gpu(small), m(small), rtol=1e-4, atol=1e-5)
+print("recovered")
+"""
+
+
+def test_device_out_of_memory_then_recovers():
+    res = run_python(["-c", _OOM_CHILD], env=child_env(ALEXNET_C_EMU_MEMORY_MB="400"))
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout
+    for what in ("relu", "model", "second model"):
+        assert f"{what} oom: " in out, out
+    assert out.count("out of memory (cudaErrorMemoryAllocation)") == 3, out
+    assert "recovered" in out
+
+
+def test_emulated_device_can_be_hidden():
+    res = run_python(["-c", "import alexnet_c as ac; print(ac.cuda_is_available(), ac.cuda_unavailable_reason())"],
+                     env=child_env(CUDA_VISIBLE_DEVICES="-1"))
+    assert res.returncode == 0 and res.stdout.startswith("False no CUDA device found"), res.stdout + res.stderr
