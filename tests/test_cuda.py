@@ -136,6 +136,8 @@ def test_adaptive_avg_pool2d(rng, xs, out):
     (256, 1024, 100, False),
     (2, 4096, 1000, True),      # two rows per pass of the streaming kernel
     (12, 68, 33, True),         # a pass of 8 rows, then one of 4
+    (2, 128, 7, True),          # I/4 = 32, 96: a lane's last float4 group ends exactly at
+    (3, 384, 9, False),         # the row's end (the bound of the unrolled loads)
     (2, 0, 3, True),            # no inputs: the bias, as in PyTorch
     (3, 0, 5, False),
 ])
@@ -164,7 +166,12 @@ def test_relu(rng, shape):
 @pytest.mark.parametrize("shape,dim", [((3, 1000), -1), ((2, 5, 7), 1), ((4, 6), 0), ((1, 1), 1)])
 def test_softmax(rng, fn, shape, dim):
     x = randn(rng, *shape, scale=3.0)
-    x.flat[0] = 1e4                          # overflows exp() without the max-subtraction
+    # 1e4 overflows exp() unless the max really covers the whole reduced line: at the end
+    # of the first line (the last warp's elements) and at the start of the last line
+    # (the first warp's), so a maximum over some warps only cannot pass.
+    lines = np.moveaxis(x, dim, -1)            # a view: writes land in x
+    lines[..., -1].flat[0] = 1e4
+    lines[..., 0].flat[-1] = 1e4
     ours = getattr(ac, fn)(x, dim, device="cuda")
     assert_close(ours, getattr(F, fn)(t64(x), dim=dim), f"{fn} {shape} dim={dim}")
 
