@@ -4,11 +4,14 @@
 #
 #   bash benchmarks/gpu_check.sh            # logs + JSON to $OUT, else benchmarks/results
 #
-# Steps and time limits (25 + 120 + 10 + 160 + 60 + 100 s: the script ends within 8 minutes):
+# Steps and time limits (25 + 120 + 10 + 130 + 90 + 100 s: the script ends within 8 minutes):
 #   1. build in place, CUDA on, sm_90 only unless ALEXNET_C_CUDA_ARCHS says otherwise
 #   2. pytest tests/test_cuda.py (-m cuda)
 #   3. compute-sanitizer memcheck over small calls of every kernel and a graph-replayed
-#      forward (skipped where compute-sanitizer is missing or cannot use the GPU)
+#      forward, then racecheck and synccheck over one small call of each kernel that
+#      uses shared memory or barriers: the shared-memory hazards that the CPU emulator
+#      (csrc/cuda_emu), which CI runs these kernels on, cannot see (skipped where
+#      compute-sanitizer is missing or cannot use the GPU)
 #   4. benchmarks/bench_gpu.py --per-layer
 # Exit status: 0 only when the build, the tests and the benchmark all succeeded; a failed
 # test run still lets the benchmark run, so one lease yields both.
@@ -48,7 +51,7 @@ fi
 timeout 10 "$PY" -c "import alexnet_c as ac; print('cuda_is_available:', ac.cuda_is_available(), ac.cuda_unavailable_reason())"
 
 step "tests/test_cuda.py"
-timeout 160 "$PY" -m pytest -q -rs -m cuda tests/test_cuda.py -p no:cacheprovider 2>&1 | tee "$RESULTS/test_cuda.log"
+timeout 130 "$PY" -m pytest -q -rs -m cuda tests/test_cuda.py -p no:cacheprovider 2>&1 | tee "$RESULTS/test_cuda.log"
 test_rc=${PIPESTATUS[0]}
 [ "$test_rc" -eq 0 ] || { echo "TESTS FAILED (status $test_rc)"; status=1; }
 
@@ -98,15 +101,36 @@ PYEOF
     san_rc=$?
     tail -n 25 "$RESULTS/sanitizer.log"
     rm -f "$RESULTS/sanitize_calls.py"
-    if [ "$san_rc" -eq 0 ]; then
-        echo "memcheck clean"
-    elif [ "$san_rc" -eq 3 ] || grep -qE "ERROR SUMMARY: [1-9]|Traceback" "$RESULTS/sanitizer.log"; then
-        echo "MEMCHECK FAILED (status $san_rc)"; status=1
-    elif [ "$san_rc" -eq 124 ]; then
-        echo "memcheck did not finish within 45 s (not counted as a failure)"
-    else
-        echo "compute-sanitizer could not run here (status $san_rc; not counted as a failure)"
-    fi
+    judge() {   # judge TOOL STATUS LOG LIMIT
+        if [ "$2" -eq 0 ]; then
+            echo "$1 clean"
+        elif [ "$2" -eq 3 ] || grep -qE "ERROR SUMMARY: [1-9]|Traceback" "$3"; then
+            echo "${1^^} FAILED (status $2)"; status=1
+        elif [ "$2" -eq 124 ]; then
+            echo "$1 did not finish within $4 s (not counted as a failure)"
+        else
+            echo "compute-sanitizer could not run $1 here (status $2; not counted as a failure)"
+        fi
+    }
+    judge memcheck "$san_rc" "$RESULTS/sanitizer.log" 45
+    # One small call per kernel with shared memory or barriers: the tiled GEMM (a conv and
+    # a batch-40 linear), the streaming linear kernel's warp shuffles, softmax's block
+    # reductions.
+    RACE_CALLS='import numpy as np, alexnet_c as ac
+rng = np.random.default_rng(0)
+f = lambda *s: rng.standard_normal(s).astype(np.float32)
+ac.conv2d(f(1, 8, 9, 9), f(16, 8, 3, 3), f(16), 1, 1, device="cuda")
+ac.linear(f(40, 64), f(33, 64), f(33), device="cuda")
+ac.linear(f(3, 68), f(33, 68), None, device="cuda")
+ac.softmax(f(2, 1000), -1, device="cuda")
+print("race calls done")'
+    for tool in racecheck synccheck; do
+        timeout 15 "$SANITIZER" --tool "$tool" --error-exitcode 3 --print-limit 10 \
+            "$PY" -c "$RACE_CALLS" >"$RESULTS/$tool.log" 2>&1
+        tool_rc=$?
+        tail -n 8 "$RESULTS/$tool.log"
+        judge "$tool" "$tool_rc" "$RESULTS/$tool.log" 15
+    done
 else
     echo "compute-sanitizer not found: skipped"
 fi
