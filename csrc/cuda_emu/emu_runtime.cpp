@@ -204,16 +204,6 @@ bool in_device_memory(const void *p, size_t bytes) {
     return a >= it->first && bytes <= it->second && a - it->first <= it->second - bytes;
 }
 
-/* p points into a device allocation. */
-bool touches_device_memory(const void *p) {
-    std::lock_guard<std::mutex> guard(g_lock);
-    const uintptr_t a = (uintptr_t)p;
-    auto it = g_allocs.upper_bound(a);
-    if (it == g_allocs.begin()) return false;
-    --it;
-    return a - it->first < it->second;
-}
-
 /* ---- fibers ----------------------------------------------------------------------- */
 
 /* The context switch. glibc's swapcontext saves and restores the signal mask with a
@@ -294,6 +284,12 @@ void make_context(Context &c, char *stack_lo, size_t size, void (*entry)(void)) 
 inline void switch_context(Context &from, Context &to) { swapcontext(&from.uc, &to.uc); }
 #endif
 
+constexpr size_t kGuard = kFiberGuardBytes;
+constexpr size_t kStackBytes = kFiberStackBytes;   /* ASan's redzones need room; it is only reserved */
+/* Stacks are used from the top down; the word at stack + kGuard is the slot pointer
+ * (current_thread), with the rest of that cache line unused. */
+constexpr size_t kSlotBytes = 64;
+
 enum FiberState : int { kReady, kWaiting, kDone };
 
 struct Fiber {
@@ -308,8 +304,7 @@ struct Fiber {
 /* What one OS thread needs to run blocks; reused from block to block. */
 struct BlockRunner {
     std::vector<Fiber> fibers;
-    std::vector<char *> stacks;
-    size_t stack_bytes = 0;
+    std::vector<char *> stacks;          /* kStackBytes each */
     Context sched;
     const void *sched_stack = nullptr;   /* for ASan's fiber switches */
     size_t sched_stack_size = 0;
@@ -335,7 +330,7 @@ struct BlockRunner {
     size_t shared_bytes = 0;             /* static shared memory of the running block */
 
     ~BlockRunner() {
-        for (char *s : stacks) munmap(s, stack_bytes);
+        for (char *s : stacks) munmap(s, kStackBytes);
         for (Shared &s : shared) free(s.mem);
     }
 };
@@ -344,12 +339,6 @@ thread_local BlockRunner tl_runner;
 
 /* From inside a fiber: its block's runner (a barrier is a hot call: no TLS here). */
 inline BlockRunner &current_runner(void) { return *static_cast<BlockRunner *>(current_thread().runner); }
-
-constexpr size_t kGuard = kFiberGuardBytes;
-constexpr size_t kStackBytes = kFiberStackBytes;   /* ASan's redzones need room; it is only reserved */
-/* Stacks are used from the top down; the word at stack + kGuard is the slot pointer
- * (current_thread), with the rest of that cache line unused. */
-constexpr size_t kSlotBytes = 64;
 
 char *new_stack(void) {
     /* Twice the size, then trimmed to a kStackBytes-aligned piece (current_thread). */
@@ -465,7 +454,6 @@ bool run_block(BlockRunner &r, const std::function<void()> &body, const char *ke
     const int n = (int)(block.x * block.y * block.z);
     const int warps = (n + warpSize - 1) / warpSize;
     if ((int)r.fibers.size() < n) r.fibers.resize(n);
-    r.stack_bytes = kStackBytes;
     while ((int)r.stacks.size() < n) {
         char *s = new_stack();
         if (!s) {
@@ -823,10 +811,10 @@ namespace {
 bool copy_ends_ok(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind) {
     if (!dst || !src) return false;
     switch (kind) {
-    case cudaMemcpyHostToDevice: return in_device_memory(dst, bytes) && !touches_device_memory(src);
-    case cudaMemcpyDeviceToHost: return in_device_memory(src, bytes) && !touches_device_memory(dst);
+    case cudaMemcpyHostToDevice: return in_device_memory(dst, bytes) && !in_device_memory(src, 1);
+    case cudaMemcpyDeviceToHost: return in_device_memory(src, bytes) && !in_device_memory(dst, 1);
     case cudaMemcpyDeviceToDevice: return in_device_memory(src, bytes) && in_device_memory(dst, bytes);
-    case cudaMemcpyHostToHost: return !touches_device_memory(src) && !touches_device_memory(dst);
+    case cudaMemcpyHostToHost: return !in_device_memory(src, 1) && !in_device_memory(dst, 1);
     case cudaMemcpyDefault: return true;
     }
     return false;
