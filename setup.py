@@ -10,6 +10,7 @@ is no GPU, never for speed.
 ALEXNET_C_SANITIZE=1 builds with AddressSanitizer + UndefinedBehaviorSanitizer.
 """
 import glob
+import hashlib
 import os
 import platform
 import re
@@ -106,9 +107,7 @@ def build_cuda_emulator(build_temp, force):
     """Compiles csrc/cuda (launches rewritten) and csrc/cuda_emu with the host C++
     compiler; returns the object files."""
     src_dir = os.path.join(build_temp, "cuda-emu", "src")
-    obj_dir = os.path.join(build_temp, "cuda-emu", "obj")
     os.makedirs(src_dir, exist_ok=True)
-    os.makedirs(obj_dir, exist_ok=True)
     # csrc/cuda_emu/*.cu: the emulator's self-test kernels, in emulator builds only
     for path in sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu*")) +
                        glob.glob(os.path.join("csrc", "cuda_emu", "*.cu"))):
@@ -134,6 +133,12 @@ def build_cuda_emulator(build_temp, force):
         # batch-1 forward in 8 s at -O2 and 19 s at -O1.
         flags += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
     cxx = shlex.split(os.environ.get("CXX", "g++"))
+    # One object folder per compiler and flags, as the nvcc build keys its folder by the
+    # architectures: up-to-date checks go by mtime, and an object built with other flags
+    # (say, without -fsanitize) must never be taken for a current one.
+    key = hashlib.sha1(" ".join(cxx + flags).encode()).hexdigest()[:12]
+    obj_dir = os.path.join(build_temp, "cuda-emu", "obj-" + key)
+    os.makedirs(obj_dir, exist_ok=True)
     objects = []
     for src in sources:
         obj = os.path.join(obj_dir, os.path.basename(src) + ".o")
