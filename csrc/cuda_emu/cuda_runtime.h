@@ -34,8 +34,10 @@
  * Knobs (environment, read once): ALEXNET_C_EMU_THREADS (OS threads for the blocks of
  * a grid; default: all cores), ALEXNET_C_EMU_SCHEDULE (forward | reverse),
  * ALEXNET_C_EMU_MEMORY_MB (device memory, default 16384), ALEXNET_C_EMU_SMS
- * (multiprocessors reported, default 132 as on an H100/H200). CUDA_VISIBLE_DEVICES=""
- * or "-1" hides the emulated device, as it hides a real one.
+ * (multiprocessors reported, default 132 as on an H100/H200), ALEXNET_C_EMU_CC (compute
+ * capability reported, major * 10 + minor, default 90). CUDA_VISIBLE_DEVICES=""
+ * or "-1" hides the emulated device, as it hides a real one. The tensor-core API that
+ * the TF32 GEMM uses is in mma.h beside this header.
  */
 #ifndef ALEXNET_C_CUDA_EMU_RUNTIME_H
 #define ALEXNET_C_CUDA_EMU_RUNTIME_H
@@ -109,6 +111,8 @@ enum cudaStreamCaptureMode : int {
 enum cudaDeviceAttr : int {
     cudaDevAttrMaxThreadsPerBlock = 1,
     cudaDevAttrMultiProcessorCount = 16,
+    cudaDevAttrComputeCapabilityMajor = 75,
+    cudaDevAttrComputeCapabilityMinor = 76,
 };
 
 #define cudaStreamDefault 0x0u
@@ -213,6 +217,15 @@ inline T &block_shared(const void *site) {
     return *static_cast<T *>(shared_storage(site, sizeof(T)));
 }
 uint32_t shfl_xor(uint32_t mask, uint32_t value, int lane_mask, int width);
+void syncwarp(unsigned mask);
+/* A warp collective (mma.h's wmma operations): every lane of a full warp hands in up
+ * to kWarpShareBytes, which are copied; returns the 32 copies, lane l's at
+ * l * kWarpShareBytes, valid until the lane's next warp collective. A kernel fault
+ * (naming `what`) in a partial warp or after lanes returned. */
+constexpr size_t kWarpShareBytes = 64;
+const void *warp_share(const void *data, size_t bytes, const char *what);
+/* A kernel fault with this message, from kernel code (never returns). */
+void warp_fault(const char *what);
 
 /* One launch: runs body once per CUDA thread of every block (or records the launch
  * when the stream is capturing a graph). A bad configuration, no device or a sticky
@@ -277,6 +290,7 @@ inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *blocks, F,
 #define warpSize 32
 
 inline void __syncthreads(void) { acn_emu::syncthreads(); }
+inline void __syncwarp(unsigned mask = 0xffffffffu) { acn_emu::syncwarp(mask); }
 
 template <class T>
 inline T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = warpSize) {

@@ -68,6 +68,7 @@ struct Settings {
     bool reverse;
     size_t memory;
     int sms;
+    int cc;               /* compute capability, major * 10 + minor */
     bool hidden;
 };
 
@@ -104,6 +105,7 @@ const Settings &settings(void) {
                             "reverse; using forward\n", sched);
         r.memory = (size_t)env_long("ALEXNET_C_EMU_MEMORY_MB", 16384, 1, 1L << 24) << 20;
         r.sms = (int)env_long("ALEXNET_C_EMU_SMS", 132, 1, 100000);
+        r.cc = (int)env_long("ALEXNET_C_EMU_CC", 90, 50, 129);
         r.hidden = device_hidden();
         return r;
     }();
@@ -316,6 +318,7 @@ struct BlockRunner {
     std::vector<unsigned> warp_gen;
     std::vector<int> warp_arrived, warp_done, warp_size;
     std::vector<uint32_t> slots;         /* [warp][generation parity][lane] */
+    std::vector<unsigned char> shares;   /* the same for warp_share, kWarpShareBytes a lane */
     const std::function<void()> *body = nullptr;
     const char *kernel = "";
     bool faulted = false;
@@ -472,6 +475,7 @@ bool run_block(BlockRunner &r, const std::function<void()> &body, const char *ke
     r.warp_size.assign(warps, warpSize);
     if (n % warpSize) r.warp_size[warps - 1] = n % warpSize;
     r.slots.assign((size_t)warps * 2 * warpSize, 0);
+    r.shares.assign((size_t)warps * 2 * warpSize * kWarpShareBytes, 0);
     r.body = &body;
     r.kernel = kernel;
     r.faulted = false;
@@ -600,24 +604,56 @@ void *shared_storage(const void *site, size_t bytes) {
     return s->mem;
 }
 
+namespace {
+
+/* A warp-collective call (shuffle, __syncwarp, the wmma operations) needs the whole
+ * warp: on a GPU a full-mask collective in a partial warp, or after lanes returned,
+ * is undefined (a hang or garbage). Returns the slot set of this call: two sets by
+ * generation parity, since a lane can be at most one collective ahead of the slowest
+ * one, so the set it writes is never one still being read. */
+size_t warp_collective(BlockRunner &r, unsigned mask, const char *what) {
+    const int warp = r.cur / warpSize;
+    if (mask != 0xffffffffu)
+        fault_in_fiber(r, std::string(what) + ": the emulator runs full-warp collectives only (mask 0xffffffff)");
+    if (r.warp_size[warp] != warpSize)
+        fault_in_fiber(r, "full-mask " + std::string(what) + " in a warp of " +
+                              std::to_string(r.warp_size[warp]) + " threads");
+    if (r.warp_done[warp] > 0)
+        fault_in_fiber(r, "full-mask " + std::string(what) + " after " + std::to_string(r.warp_done[warp]) +
+                              " lanes of the warp returned");
+    return ((size_t)warp * 2 + (r.warp_gen[warp] & 1u)) * warpSize;
+}
+
+}  // namespace
+
 uint32_t shfl_xor(uint32_t mask, uint32_t value, int lane_mask, int width) {
     BlockRunner &r = current_runner();
-    const int t = r.cur, warp = t / warpSize, lane = t % warpSize;
-    if (mask != 0xffffffffu || width != warpSize)
+    const int lane = r.cur % warpSize;
+    if (width != warpSize)
         fault_in_fiber(r, "the emulator runs full-warp shuffles only (mask 0xffffffff, width 32)");
-    if (r.warp_size[warp] != warpSize)
-        fault_in_fiber(r, "full-mask shuffle in a warp of " + std::to_string(r.warp_size[warp]) + " threads");
-    if (r.warp_done[warp] > 0)
-        fault_in_fiber(r, "full-mask shuffle after " + std::to_string(r.warp_done[warp]) +
-                       " lanes of the warp returned");
-    /* Two slot sets by generation parity: a lane can be at most one shuffle ahead of
-     * the slowest one, so the set it writes is never one still being read. */
-    uint32_t *slots = &r.slots[((size_t)warp * 2 + (r.warp_gen[warp] & 1u)) * warpSize];
+    uint32_t *slots = &r.slots[warp_collective(r, mask, "shuffle")];
     slots[lane] = value;
-    arrive(r, warp);
+    arrive(r, r.cur / warpSize);
     const int src = lane ^ lane_mask;
     return src < warpSize ? slots[src] : value;
 }
+
+void syncwarp(unsigned mask) {
+    BlockRunner &r = current_runner();
+    (void)warp_collective(r, mask, "__syncwarp()");
+    arrive(r, r.cur / warpSize);
+}
+
+const void *warp_share(const void *data, size_t bytes, const char *what) {
+    BlockRunner &r = current_runner();
+    if (bytes > kWarpShareBytes) fault_in_fiber(r, std::string(what) + ": too much data for warp_share");
+    unsigned char *set = &r.shares[warp_collective(r, 0xffffffffu, what) * kWarpShareBytes];
+    memcpy(set + (size_t)(r.cur % warpSize) * kWarpShareBytes, data, bytes);
+    arrive(r, r.cur / warpSize);
+    return set;
+}
+
+void warp_fault(const char *what) { fault_in_fiber(current_runner(), what); }
 
 cudaError_t occupancy(int *blocks, int block_threads, size_t dynamic_smem) {
     EMU_ENTER();
@@ -744,6 +780,8 @@ cudaError_t cudaDeviceGetAttribute(int *value, cudaDeviceAttr attr, int device) 
     switch (attr) {
     case cudaDevAttrMultiProcessorCount: *value = settings().sms; return cudaSuccess;
     case cudaDevAttrMaxThreadsPerBlock: *value = 1024; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor: *value = settings().cc / 10; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMinor: *value = settings().cc % 10; return cudaSuccess;
     }
     return fail(cudaErrorInvalidValue);
 }

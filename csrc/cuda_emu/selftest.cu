@@ -5,6 +5,7 @@
  * A check that never fires proves nothing, so each of the emulator's checks is shown
  * here failing on a kernel that is wrong in exactly that way.
  */
+#include <mma.h>
 #include <string.h>
 
 #include "cuda_common.cuh"
@@ -48,6 +49,32 @@ __global__ void float4_copy_kernel(float4 *out, const float4 *inp) {
     out[threadIdx.x] = inp[threadIdx.x];
 }
 
+enum WmmaMistake { kWmmaNone, kWmmaUnrounded, kWmmaMisaligned };
+
+/* out (16,16) = A B + 1 on the tensor-core API, one warp: A[r][k] = r + k, B[k][c] = k - c
+ * (small integers, exact in TF32). The mistakes: an A element that is no TF32 value
+ * (never passed through __float_to_tf32), and A loaded from 4 bytes past an aligned
+ * address. A block of 16 threads is the third: a warp collective in a partial warp. */
+__global__ void wmma_kernel(float *out, int mistake) {
+    using namespace nvcuda;
+    __shared__ __align__(32) float ab[16 * 8 + 8 * 16 + 8];
+    float *A = ab, *B = ab + 16 * 8;
+    for (int i = threadIdx.x; i < 16 * 8; i += blockDim.x) {
+        A[i] = (float)(i / 8 + i % 8);
+        B[i] = (float)(i / 16 - i % 16);
+        if (mistake == kWmmaUnrounded && i == 5) A[i] += 1.f / 4096;
+    }
+    __syncthreads();
+    wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a;
+    wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> b;
+    wmma::fragment<wmma::accumulator, 16, 16, 8, float> c;
+    wmma::fill_fragment(c, 1.f);
+    wmma::load_matrix_sync(a, mistake == kWmmaMisaligned ? A + 1 : A, 8);
+    wmma::load_matrix_sync(b, B, 16);
+    wmma::mma_sync(c, a, b, c);
+    wmma::store_matrix_sync(out, c, 16, wmma::mem_row_major);
+}
+
 __global__ void copy_kernel(float *out, const float *inp, int n) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = inp[i];
@@ -66,6 +93,13 @@ acn_status run(const char *name, float *out_host, size_t n, cudaStream_t stream)
         barrier_after_return_kernel<<<1, (unsigned)n, 0, stream>>>(d_out);
     } else if (!strcmp(name, "warp_sum")) {
         warp_sum_kernel<<<1, (unsigned)n, 0, stream>>>(d_out);
+    } else if (!strncmp(name, "wmma", 4)) {
+        if (n != 256) return cuda_fail_msg(ACN_EINVAL, "%s: n must be 256", name);
+        const int mistake = !strcmp(name, "wmma_unrounded") ? kWmmaUnrounded
+                            : !strcmp(name, "wmma_misaligned") ? kWmmaMisaligned : kWmmaNone;
+        if (mistake == kWmmaNone && strcmp(name, "wmma") && strcmp(name, "wmma_half_warp"))
+            return cuda_fail_msg(ACN_EINVAL, "unknown self-test %s", name);
+        wmma_kernel<<<1, !strcmp(name, "wmma_half_warp") ? 16u : 32u, 0, stream>>>(d_out, mistake);
     } else if (!strcmp(name, "fresh_memory")) {
         /* A copy of memory that nothing wrote. */
         ACN_TRY(mem.alloc(&d_in, n, "self-test input"));
