@@ -99,12 +99,17 @@ fi
 # slowest CUDA tests, ~5 of the ~14 minutes the CUDA files take here (the emulated kernels
 # run ~14x slower under ASan): the two batch-3 networks at 227x227 and 256x320, whose
 # kernels and workspace are the batch-1 and batch-3 cases' at other sizes, and two host
-# threads on ops, whose memory use is one thread's twice. .ci/emulated_cuda.sh runs them.
+# threads on ops, whose memory use is one thread's twice. Of the TF32 tests, the two
+# slowest: the batch-20 network at 63x63 and the batch-64 conv3, whose kernels the other
+# TF32 cases run at smaller sizes (the emulated tensor-core API is ~4x slower than the
+# float32 kernels). .ci/emulated_cuda.sh runs them all.
 DEFAULT_TESTS=(tests --ignore=tests/test_distributed.py --ignore=tests/test_plots.py
                --deselect tests/test_resources.py::test_big_op_call_does_not_keep_its_memory
                --deselect "tests/test_cuda.py::test_model_parity[original-N3-227x227]"
                --deselect "tests/test_cuda.py::test_model_parity[torchvision-N3-256x320]"
-               --deselect tests/test_cuda.py::test_two_threads_ops)
+               --deselect tests/test_cuda.py::test_two_threads_ops
+               --deselect "tests/test_cuda.py::test_model_tf32[torchvision-N20-63x63]"
+               --deselect "tests/test_cuda.py::test_conv2d_tf32[batch 64 conv3 (big tiles)]")
 if [[ -n "${SANITIZE_TESTS:-}" ]]; then
     read -r -a SELECTION <<<"$SANITIZE_TESTS"
 else

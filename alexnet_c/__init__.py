@@ -46,16 +46,17 @@ def cpu_isa() -> Tuple[str, str]:
 
 
 def alexnet(weights=None, *, progress: bool = True, num_classes: int = 1000, device: str = "cpu",
-            seed=None) -> AlexNet:
+            precision: str = "float32", seed=None) -> AlexNet:
     """torchvision.models.alexnet's counterpart.
 
     weights=None gives a freshly initialised model; "IMAGENET1K_V1" or "DEFAULT"
     torchvision's pretrained file, from $TORCH_HOME/hub/checkpoints or downloaded
     there (progress bar on stderr, SHA-256 checked)."""
     if weights is None:
-        return AlexNet(num_classes=num_classes, variant="torchvision", seed=seed, device=device)
+        return AlexNet(num_classes=num_classes, variant="torchvision", seed=seed, device=device,
+                       precision=precision)
     from .hub import load_pretrained
-    model = load(load_pretrained(weights, progress=progress), device=device)
+    model = load(load_pretrained(weights, progress=progress), device=device, precision=precision)
     if num_classes != model.num_classes:
         raise ValueError(f"pretrained weights have {model.num_classes} classes, got num_classes={num_classes}")
     return model

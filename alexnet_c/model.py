@@ -13,7 +13,7 @@ import numpy as np
 
 from . import _C, arch
 from ._errors import WeightsError
-from .ops import device_code
+from .ops import device_code, tf32_flag
 
 _VARIANT_CODES = {"torchvision": 0, "original": 1}
 _DEVICE_NAMES = {0: "cpu", 1: "cuda"}
@@ -88,10 +88,14 @@ class AlexNet:
     initialised like PyTorch's default (uniform in +-1/sqrt(fan_in) for weights
     and biases), seedable. Use from_state_dict() or alexnet_c.load() for
     trained weights.
+
+    precision="tf32" (with device="cuda", compute capability 8.0+) runs the
+    convolutions and the large-batch FC layers on tensor cores with TF32 operands;
+    the default "float32" is the parity path.
     """
 
     def __init__(self, num_classes: int = 1000, variant: str = "torchvision", *,
-                 seed: Optional[int] = None, device: str = "cpu") -> None:
+                 seed: Optional[int] = None, device: str = "cpu", precision: str = "float32") -> None:
         arch.spec(variant)
         if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
@@ -106,37 +110,40 @@ class AlexNet:
             values *= np.float32(2.0) * bound
             values -= bound
             arrays[name] = values
-        self._build(variant, int(num_classes), arrays, device, copy=False)
+        self._build(variant, int(num_classes), arrays, device, precision, copy=False)
 
     # -- construction ------------------------------------------------------
 
     def _build(self, variant: str, num_classes: int, arrays: Mapping[str, np.ndarray], device: str,
-               copy: bool) -> None:
+               precision: str, copy: bool) -> None:
+        code, tf32 = device_code(device), tf32_flag(precision)
         weights = [_frozen_float32(arrays[n], copy) for n in arch.weight_names(variant)]
         self._variant = variant
         self._num_classes = num_classes
         self._net = _C.Net(_VARIANT_CODES[variant], num_classes, weights)
-        if device_code(device) != 0:
-            self.to(device)
+        if code != 0 or tf32:
+            self._net.to_device(code, tf32)
 
     @classmethod
-    def _from_arrays(cls, state_dict: Mapping[str, object], device: str, copy: bool) -> "AlexNet":
+    def _from_arrays(cls, state_dict: Mapping[str, object], device: str, copy: bool,
+                     precision: str = "float32") -> "AlexNet":
         if not isinstance(state_dict, Mapping):
             raise WeightsError(f"expected a mapping of name -> array, got {type(state_dict).__name__}")
         variant, prefix = infer_layout(state_dict.keys())
         arrays = {str(k)[len(prefix):]: _to_numpy(v, str(k)) for k, v in state_dict.items()}
         num_classes = check_state_dict(arrays, variant)
         model = cls.__new__(cls)
-        model._build(variant, num_classes, arrays, device, copy)
+        model._build(variant, num_classes, arrays, device, precision, copy)
         return model
 
     @classmethod
-    def from_state_dict(cls, state_dict: Mapping[str, object], *, device: str = "cpu") -> "AlexNet":
+    def from_state_dict(cls, state_dict: Mapping[str, object], *, device: str = "cpu",
+                        precision: str = "float32") -> "AlexNet":
         """A model from a mapping of name -> array-like (NumPy arrays, torch tensors, lists).
 
         The variant and num_classes are inferred from the names and shapes; the
         arrays are copied, so later changes to them do not reach the model."""
-        return cls._from_arrays(state_dict, device, copy=True)
+        return cls._from_arrays(state_dict, device, copy=True, precision=precision)
 
     # -- inference ---------------------------------------------------------
 
@@ -173,6 +180,11 @@ class AlexNet:
     def device(self) -> str:
         return _DEVICE_NAMES[self._net.device]
 
+    @property
+    def precision(self) -> str:
+        """'float32', or 'tf32' for a CUDA model moved with precision='tf32'."""
+        return "tf32" if self._net.tf32 else "float32"
+
     def state_dict(self) -> Dict[str, np.ndarray]:
         """name -> read-only float32 view of the weights, torchvision/original key names."""
         return {name: arr.view() for name, arr in zip(arch.weight_names(self._variant), self._net.weights)}
@@ -182,16 +194,22 @@ class AlexNet:
         from .weights import write_state_dict
         write_state_dict(self.state_dict(), path)
 
-    def to(self, device: str) -> "AlexNet":
-        """Moves the model to 'cpu' or 'cuda' (weights uploaded once); returns self."""
-        self._net.to_device(device_code(device))
+    def to(self, device: str, precision: Optional[str] = None) -> "AlexNet":
+        """Moves the model to 'cpu' or 'cuda' (weights uploaded once); returns self.
+
+        precision: 'float32' or 'tf32' (CUDA only); None keeps the model's precision
+        on CUDA, and a move to the CPU is always float32. A move that fails leaves
+        the model as it was."""
+        code = device_code(device)
+        tf32 = (code != 0 and bool(self._net.tf32)) if precision is None else tf32_flag(precision)
+        self._net.to_device(code, tf32)
         return self
 
     def cpu(self) -> "AlexNet":
         return self.to("cpu")
 
-    def cuda(self) -> "AlexNet":
-        return self.to("cuda")
+    def cuda(self, precision: Optional[str] = None) -> "AlexNet":
+        return self.to("cuda", precision)
 
     def eval(self) -> "AlexNet":
         """For PyTorch habits: inference is all this model does (dropout is identity)."""
@@ -201,7 +219,8 @@ class AlexNet:
         return int(sum(a.size for a in self._net.weights))
 
     def __reduce__(self):
-        return (_rebuild, (self._variant, self._num_classes, dict(self.state_dict()), self.device))
+        return (_rebuild, (self._variant, self._num_classes, dict(self.state_dict()), self.device,
+                           self.precision))
 
     def __repr__(self) -> str:
         from .summary import model_repr
@@ -212,15 +231,16 @@ class AlexNet:
         return summary_html(self)
 
 
-def _rebuild(variant: str, num_classes: int, state: Mapping[str, np.ndarray], device: str) -> AlexNet:
+def _rebuild(variant: str, num_classes: int, state: Mapping[str, np.ndarray], device: str,
+             precision: str = "float32") -> AlexNet:
     model = AlexNet._from_arrays(state, "cpu", copy=False)
-    return model.to(device) if device != "cpu" else model
+    return model.to(device, precision) if device != "cpu" else model
 
 
-def load(path, *, device: str = "cpu") -> AlexNet:
+def load(path, *, device: str = "cpu", precision: str = "float32") -> AlexNet:
     """An AlexNet from a weights file: PyTorch .pth (zip or legacy), .safetensors or .npz.
 
     No pickle code runs and torch is not imported; anything unusable raises WeightsError."""
     from .weights import read_state_dict
     state = read_state_dict(os.fspath(path))
-    return AlexNet._from_arrays(state, device, copy=False)
+    return AlexNet._from_arrays(state, device, copy=False, precision=precision)

@@ -26,6 +26,18 @@ def device_code(device: str) -> int:
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}") from None
 
 
+_PRECISIONS = {"float32": False, "tf32": True}
+
+
+def tf32_flag(precision: str) -> bool:
+    """True for precision='tf32' (CUDA tensor cores, operands rounded to TF32), False for
+    'float32' (strict float32, the default and the only mode of the CPU)."""
+    try:
+        return _PRECISIONS[precision]
+    except (KeyError, TypeError):
+        raise ValueError(f"precision must be 'float32' or 'tf32', got {precision!r}") from None
+
+
 def _int(value, name: str) -> int:
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be an int, got bool")
@@ -56,8 +68,12 @@ def _unbatched(x: np.ndarray, op: str) -> bool:
 
 
 def conv2d(input, weight, bias=None, stride: IntOrPair = 1, padding: Union[IntOrPair, str] = 0,
-           groups: int = 1, *, device: str = "cpu", _naive: bool = False) -> np.ndarray:
-    """2-D convolution: input (N, C, H, W) or (C, H, W), weight (OC, C/groups, KH, KW)."""
+           groups: int = 1, *, device: str = "cpu", precision: str = "float32",
+           _naive: bool = False) -> np.ndarray:
+    """2-D convolution: input (N, C, H, W) or (C, H, W), weight (OC, C/groups, KH, KW).
+
+    precision='tf32' (device='cuda', compute capability 8.0+) multiplies on tensor cores
+    with input and weight rounded to TF32; see README for its tolerance."""
     x, w = np.asarray(input), np.asarray(weight)
     sh, sw = _pair(stride, "stride")
     if isinstance(padding, str):
@@ -81,7 +97,7 @@ def conv2d(input, weight, bias=None, stride: IntOrPair = 1, padding: Union[IntOr
         ph, pw = _pair(padding, "padding")
     single = _unbatched(x, "conv2d")
     out = _C.conv2d(x[None] if single else x, w, bias, sh, sw, ph, pw, _int(groups, "groups"),
-                    device_code(device), _naive)
+                    device_code(device), _naive, tf32_flag(precision))
     return out[0] if single else out
 
 
@@ -118,8 +134,12 @@ def adaptive_avg_pool2d(input, output_size, *, device: str = "cpu") -> np.ndarra
     return out[0] if single else out
 
 
-def linear(input, weight, bias=None, *, device: str = "cpu", _naive: bool = False) -> np.ndarray:
-    """input (..., in_features) @ weight.T + bias; weight (out_features, in_features)."""
+def linear(input, weight, bias=None, *, device: str = "cpu", precision: str = "float32",
+           _naive: bool = False) -> np.ndarray:
+    """input (..., in_features) @ weight.T + bias; weight (out_features, in_features).
+
+    precision='tf32' (device='cuda') uses tensor cores above 16 rows; up to 16 rows the
+    weight-streaming kernel runs, in float32, as it is bound by memory."""
     x, w = np.asarray(input), np.asarray(weight)
     if x.ndim == 0:
         raise ValueError("linear: expected input with at least 1 dimension, got a 0-d array")
@@ -129,7 +149,8 @@ def linear(input, weight, bias=None, *, device: str = "cpu", _naive: bool = Fals
         raise ValueError(f"linear: expected input with last dimension {w.shape[1]} (weight shape {w.shape}), "
                          f"got input of shape {x.shape}")
     lead = x.shape[:-1]
-    out = _C.linear(x.reshape(math.prod(lead), x.shape[-1]), w, bias, device_code(device), _naive)
+    out = _C.linear(x.reshape(math.prod(lead), x.shape[-1]), w, bias, device_code(device), _naive,
+                    tf32_flag(precision))
     return out.reshape(lead + (w.shape[0],))
 
 

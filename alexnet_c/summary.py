@@ -262,6 +262,8 @@ def model_repr(model: Any) -> str:
     variant, num_classes = _model_fields(model)
     lines = _module_lines(variant, num_classes)
     device = getattr(model, "device", "cpu")
+    if getattr(model, "precision", "float32") != "float32":
+        device = f"{device} ({model.precision})"
     return "\n".join(lines[:-1] + [DEVICE_LINE.format(device), lines[-1]])
 
 

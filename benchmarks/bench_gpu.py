@@ -24,6 +24,9 @@ device-to-device copy of 2 GiB, bytes read + written over time, best of 5.
 inside the C forward (ALEXNET_C_CUDA_PROFILE=1, plain launches, no graph) and
 PyTorch's modules timed the same way, at batch 1 and at the largest batch.
 
+--tf32-batches (default 256) adds rows for precision="tf32" against PyTorch with TF32
+allowed in cuDNN and cuBLAS (skipped below compute capability 8.0).
+
 Results also go to $OUT/bench_gpu.json when $OUT is set, else to
 benchmarks/results/gpu_latest.json. Timings are never assertions.
 """
@@ -214,11 +217,44 @@ def timed(fn: Callable[[], object]):
     return start.elapsed_time(end) / 1e3, result
 
 
-def bench_network(variant: str, batch: int, reps: int, peak: float) -> dict:
-    import torch
-    theirs, ours, _ = models(variant)
+class torch_tf32:
+    """PyTorch's TF32 switches on (cuDNN convolutions and cuBLAS matmuls) inside the block."""
+
+    def __enter__(self):
+        import torch
+        self.saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+
+    def __exit__(self, *exc):
+        import torch
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = self.saved
+
+
+def bench_network(variant: str, batch: int, reps: int, peak: float, tf32: bool = False) -> dict:
+    """tf32: alexnet_c with precision="tf32" against PyTorch with TF32 allowed, plus the
+    largest difference from alexnet_c's float32 output on the same batch."""
+    theirs, ours, sd = models(variant)
+    if not tf32:
+        return dict(_bench_pair(theirs, ours, variant, batch, reps, peak), precision="float32")
+    fast = ac.AlexNet.from_state_dict(sd, device="cuda", precision="tf32")
+    with torch_tf32():
+        row = _bench_pair(theirs, fast, variant, batch, reps, peak)
+    x = bench_input(variant, batch)
+    a, b = fast(x).astype(np.float64), ours(x).astype(np.float64)
+    row["max_rel_diff_vs_float32"] = float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+    row["precision"] = "tf32"
+    return row
+
+
+def bench_input(variant: str, batch: int) -> np.ndarray:
     hw = SIZE[variant]
-    x = np.random.default_rng(0).standard_normal((batch, 3, hw, hw)).astype(np.float32)
+    return np.random.default_rng(0).standard_normal((batch, 3, hw, hw)).astype(np.float32)
+
+
+def _bench_pair(theirs, ours, variant: str, batch: int, reps: int, peak: float) -> dict:
+    import torch
+    hw = SIZE[variant]
+    x = bench_input(variant, batch)
     x_dev = torch.from_numpy(x).cuda()
 
     def run_ours():
@@ -368,6 +404,8 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default="torchvision,original")
     p.add_argument("--reps", type=int, default=15)
     p.add_argument("--per-layer", action="store_true")
+    p.add_argument("--tf32-batches", default="256",
+                   help="batch sizes for the opt-in TF32 rows, against PyTorch with TF32 allowed ('' for none)")
     p.add_argument("--out", default=None, help="folder for bench_gpu.json (default $OUT, else benchmarks/results)")
     args = p.parse_args(argv)
 
@@ -406,6 +444,23 @@ def main(argv=None) -> int:
                   f"{r['ratio_vs_torch_device']:>7.2f} {r['ours_pct_peak']:>8.1f}% "
                   f"{r['torch_device_pct_peak']:>7.1f}% {r['max_rel_diff_vs_torch_fp32']:>8.1e}", flush=True)
     print("vs e2e / vs dev: alexnet_c time over PyTorch's (host to host / on the device); < 1 is faster.")
+
+    tf32_batches = [int(b) for b in args.tf32_batches.split(",") if b]
+    if tf32_batches and float(mach["compute_capability"]) < 8.0:
+        print("\nTF32 rows skipped: this GPU has no TF32 tensor cores (compute capability < 8.0)")
+        tf32_batches = []
+    if tf32_batches:
+        print("\nprecision='tf32' against PyTorch with TF32 allowed (cuDNN and cuBLAS); %pk is of the fp32 "
+              "peak; diff is against alexnet_c's float32 output")
+        print(head)
+    for variant in variants:
+        for batch in tf32_batches:
+            r = bench_network(variant, batch, max(5, args.reps // 3), peak, tf32=True)
+            rows.append(r)
+            print(f"{variant:<12} {batch:>4} {r['ours_ms']:>9.3f} {r['torch_e2e_ms']:>10.3f} "
+                  f"{r['torch_device_ms']:>10.3f} {r['ours_img_s']:>11.1f} {r['ratio_vs_torch_e2e']:>7.2f} "
+                  f"{r['ratio_vs_torch_device']:>7.2f} {r['ours_pct_peak']:>8.1f}% "
+                  f"{r['torch_device_pct_peak']:>7.1f}% {r['max_rel_diff_vs_float32']:>8.1e}", flush=True)
 
     layers = {}
     if args.per_layer:

@@ -91,9 +91,13 @@ ac.adaptive_avg_pool2d(f(2, 4, 5, 7), 6, device="cuda")
 ac.relu(f(1027), device="cuda")
 ac.softmax(f(3, 1000), -1, device="cuda")
 ac.log_softmax(f(2, 5, 7), 1, device="cuda")
+ac.conv2d(f(2, 16, 13, 13), f(64, 8, 3, 3), f(64), 1, 1, 2, device="cuda", precision="tf32")
+ac.linear(f(40, 68), f(33, 68), f(33), device="cuda", precision="tf32")
 m = ac.AlexNet(num_classes=10).to("cuda")
-for _ in range(3):
-    m(f(1, 3, 63, 63))
+for precision, calls in (("float32", 3), ("tf32", 2)):   # plain, captured (, replayed)
+    m.to("cuda", precision=precision)
+    for _ in range(calls):
+        m(f(1, 3, 63, 63))
 print("sanitize calls done")
 PYEOF
     timeout 45 "$SANITIZER" --tool memcheck --error-exitcode 3 --print-limit 20 \
@@ -114,13 +118,16 @@ PYEOF
     }
     judge memcheck "$san_rc" "$RESULTS/sanitizer.log" 45
     # One small call per kernel with shared memory or barriers: the tiled GEMM (a conv and
-    # a batch-40 linear), the streaming linear kernel's warp shuffles, softmax's block
-    # reductions.
+    # a batch-40 linear) in both precisions (the TF32 kernel's epilogue patch is a
+    # write-after-read hazard within a warp that the emulator cannot see), the streaming
+    # linear kernel's warp shuffles, softmax's block reductions.
     RACE_CALLS='import numpy as np, alexnet_c as ac
 rng = np.random.default_rng(0)
 f = lambda *s: rng.standard_normal(s).astype(np.float32)
 ac.conv2d(f(1, 8, 9, 9), f(16, 8, 3, 3), f(16), 1, 1, device="cuda")
 ac.linear(f(40, 64), f(33, 64), f(33), device="cuda")
+ac.conv2d(f(1, 8, 9, 9), f(40, 8, 3, 3), f(40), 1, 1, device="cuda", precision="tf32")
+ac.linear(f(40, 64), f(33, 64), f(33), device="cuda", precision="tf32")
 ac.linear(f(3, 68), f(33, 68), None, device="cuda")
 ac.softmax(f(2, 1000), -1, device="cuda")
 print("race calls done")'

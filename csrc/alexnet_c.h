@@ -20,7 +20,8 @@ typedef enum {
     ACN_EINVAL = 2,      /* sizes that the kernel cannot handle */
     ACN_ECUDA = 3,       /* a CUDA call failed; cuda_last_error() has the text */
     ACN_ECUDA_OOM = 4,   /* cudaMalloc ran out of device memory */
-    ACN_ENODEV = 5       /* CUDA asked for, but no usable device or driver */
+    ACN_ENODEV = 5,      /* CUDA asked for, but no usable device or driver */
+    ACN_EUNSUPPORTED = 6 /* this device cannot do what was asked (TF32 below sm_80) */
 } acn_status;
 
 /* ---- threads (cpu/threads.c) ------------------------------------------- */
@@ -169,19 +170,21 @@ int net_forward_cpu_timed(acn_net *net, float *out, const float *inp, int N, int
 /* ---- CUDA (the .cu files in cuda/), present when built with ALEXNET_C_WITH_CUDA -------
  * The *_host_cuda functions take host pointers with the CPU kernel's arguments:
  * they copy in, run the CUDA kernel, copy out. Errors: cuda_last_error().
+ * tf32 (conv2d, linear): 1 multiplies on tensor cores with the operands rounded to
+ * TF32 (sm_80 and newer, else ACN_EUNSUPPORTED); 0 is strict float32.
  */
 #ifdef ALEXNET_C_WITH_CUDA
 int cuda_available(char *why, size_t why_len);   /* 1 usable, 0 not (why says) */
 const char *cuda_last_error(void);               /* thread-local text */
 int conv2d_host_cuda(float *out, const float *inp, const float *weight, const float *bias,
                      int N, int C, int H, int W, int OC, int KH, int KW,
-                     int SH, int SW, int PH, int PW, int groups, int relu);
+                     int SH, int SW, int PH, int PW, int groups, int relu, int tf32);
 int max_pool2d_host_cuda(float *out, const float *inp, int NC, int H, int W,
                          int KH, int KW, int SH, int SW, int PH, int PW, int OH, int OW);
 int adaptive_avg_pool2d_host_cuda(float *out, const float *inp, int NC, int H, int W,
                                   int OH, int OW);
 int linear_host_cuda(float *out, const float *inp, const float *weight, const float *bias,
-                     int N, int In, int Out, int relu);
+                     int N, int In, int Out, int relu, int tf32);
 int relu_host_cuda(float *out, const float *inp, size_t n);
 int softmax_host_cuda(float *out, const float *inp, size_t outer, size_t D, size_t inner);
 int log_softmax_host_cuda(float *out, const float *inp, size_t outer, size_t D, size_t inner);
@@ -194,6 +197,9 @@ void net_destroy_cuda(acn_cuda_net *net);
 /* out_host (N,num_classes), inp_host (N,3,H,W): copy in, all layers on the GPU, copy out. */
 int net_forward_cuda(acn_cuda_net *net, float *out_host, const float *inp_host,
                      int N, int H, int W);
+/* 1: the convolutions and the large-batch FC layers on tensor cores (TF32), 0: strict
+ * float32 (the default). ACN_EUNSUPPORTED below sm_80, the net unchanged. */
+int net_set_tf32_cuda(acn_cuda_net *net, int tf32);
 /* counts[0]: CUDA graphs captured so far, counts[1]: forwards run by replaying one. */
 void net_cuda_graph_counts(acn_cuda_net *net, long counts[2]);
 #ifdef ALEXNET_C_CUDA_EMULATED

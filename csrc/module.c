@@ -139,6 +139,10 @@ static PyObject *raise_status(int st, const char *op)
     case ACN_ECUDA:
         return PyErr_Format(PyExc_RuntimeError, "%s: CUDA error: %s", op, cuda_last_error());
 #endif
+#ifdef ALEXNET_C_WITH_CUDA
+    case ACN_EUNSUPPORTED:
+        return PyErr_Format(PyExc_RuntimeError, "%s: %s", op, cuda_last_error());
+#endif
     case ACN_ENODEV:
 #ifdef ALEXNET_C_WITH_CUDA
         return PyErr_Format(PyExc_RuntimeError, "%s: no usable CUDA device: %s", op, cuda_last_error());
@@ -158,6 +162,16 @@ static PyObject *raise_cuda_status(int st, const char *op)
         return PyErr_Format(PyExc_ValueError, "%s: %s", op, cuda_last_error());
 #endif
     return raise_status(st, op);
+}
+
+/* 0 when precision code `tf32` fits `device`; else -1 with ValueError. */
+static int check_precision(int tf32, int device, const char *op)
+{
+    if (!tf32 || device == DEV_CUDA)
+        return 0;
+    PyErr_Format(PyExc_ValueError, "%s: precision='tf32' is a CUDA tensor-core mode; on the CPU "
+                 "alexnet_c computes in float32 (use precision='float32' or device='cuda')", op);
+    return -1;
 }
 
 /* 0 when `device` can run now; else -1 with RuntimeError saying why. */
@@ -205,11 +219,13 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args)
 {
     (void)self;
     PyObject *x_obj, *w_obj, *b_obj;
-    int SH, SW, PH, PW, groups, device, naive;
-    if (!PyArg_ParseTuple(args, "OOOiiiiiip", &x_obj, &w_obj, &b_obj, &SH, &SW, &PH, &PW, &groups,
-                          &device, &naive))
+    int SH, SW, PH, PW, groups, device, naive, tf32 = 0;
+    if (!PyArg_ParseTuple(args, "OOOiiiiiip|p", &x_obj, &w_obj, &b_obj, &SH, &SW, &PH, &PW, &groups,
+                          &device, &naive, &tf32))
         return NULL;
     const char *op = "conv2d";
+    if (check_precision(tf32, device, op))
+        return NULL;
     PyArrayObject *x = NULL, *w = NULL, *b = NULL, *out = NULL;
     if (!(x = as_float32(x_obj, op, "input")) || !(w = as_float32(w_obj, op, "weight")))
         goto fail;
@@ -280,7 +296,7 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args)
 #ifdef ALEXNET_C_WITH_CUDA
         if (device == DEV_CUDA)
             st = conv2d_host_cuda((float *)PyArray_DATA(out), fdata(x), fdata(w), fdata(b), N, C, H, W, OC,
-                                  KH, KW, SH, SW, PH, PW, groups, 0);
+                                  KH, KW, SH, SW, PH, PW, groups, 0, tf32);
         else
 #endif
             st = (naive ? conv2d_forward_naive : conv2d_forward_cpu)(
@@ -473,10 +489,12 @@ static PyObject *py_linear(PyObject *self, PyObject *args)
 {
     (void)self;
     PyObject *x_obj, *w_obj, *b_obj;
-    int device, naive;
-    if (!PyArg_ParseTuple(args, "OOOip", &x_obj, &w_obj, &b_obj, &device, &naive))
+    int device, naive, tf32 = 0;
+    if (!PyArg_ParseTuple(args, "OOOip|p", &x_obj, &w_obj, &b_obj, &device, &naive, &tf32))
         return NULL;
     const char *op = "linear";
+    if (check_precision(tf32, device, op))
+        return NULL;
     PyArrayObject *x = NULL, *w = NULL, *b = NULL, *out = NULL;
     if (!(x = as_float32(x_obj, op, "input")) || !(w = as_float32(w_obj, op, "weight")))
         goto fail;
@@ -507,7 +525,7 @@ static PyObject *py_linear(PyObject *self, PyObject *args)
         Py_BEGIN_ALLOW_THREADS
 #ifdef ALEXNET_C_WITH_CUDA
         if (device == DEV_CUDA)
-            st = linear_host_cuda((float *)PyArray_DATA(out), fdata(x), fdata(w), fdata(b), N, In, O, 0);
+            st = linear_host_cuda((float *)PyArray_DATA(out), fdata(x), fdata(w), fdata(b), N, In, O, 0, tf32);
         else
 #endif
             st = (naive ? linear_forward_naive : linear_forward_cpu)((float *)PyArray_DATA(out), fdata(x), fdata(w),
@@ -593,6 +611,7 @@ typedef struct {
     int cuda_users;      /* forwards running on `cuda` without the GIL; it is freed only at 0 */
 #endif
     int variant, num_classes, device;
+    int tf32;            /* the CUDA net multiplies in TF32 (set by to_device) */
     PyObject *weights;   /* tuple of the 16 float32 arrays the C net points into */
 } NetObject;
 
@@ -813,16 +832,15 @@ static PyObject *Net_profile(NetObject *self, PyObject *x_obj)
     return Py_BuildValue("(NN)", out, times);
 }
 
-static PyObject *Net_to_device(NetObject *self, PyObject *arg)
+static PyObject *Net_to_device(NetObject *self, PyObject *args)
 {
-    if (net_ready(self))
+    int device, tf32 = 0;
+    if (net_ready(self) || !PyArg_ParseTuple(args, "i|p", &device, &tf32))
         return NULL;
-    const long device = PyLong_AsLong(arg);
-    if (device == -1 && PyErr_Occurred())
-        return NULL;
-    if (check_device((int)device, "AlexNet.to"))
+    if (check_precision(tf32, device, "AlexNet.to") || check_device(device, "AlexNet.to"))
         return NULL;
 #ifdef ALEXNET_C_WITH_CUDA
+    acn_cuda_net *created = NULL;
     if (device == DEV_CUDA && self->cuda == NULL) {
         const float *ptrs[ACN_NUM_WEIGHTS];
         for (int i = 0; i < ACN_NUM_WEIGHTS; i++)
@@ -837,13 +855,33 @@ static PyObject *Net_to_device(NetObject *self, PyObject *arg)
         if (self->cuda != NULL)   /* another thread's to("cuda") finished first */
             net_destroy_cuda(net);
         else
-            self->cuda = net;
+            self->cuda = created = net;
+    }
+    if (device == DEV_CUDA) {
+        /* Like a forward: the net stays alive while this runs without the GIL. */
+        acn_cuda_net *cnet = self->cuda;
+        int st;
+        self->cuda_users++;
+        Py_BEGIN_ALLOW_THREADS
+        st = net_set_tf32_cuda(cnet, tf32);
+        Py_END_ALLOW_THREADS
+        self->cuda_users--;
+        if (st != ACN_OK) {
+            /* A failed move leaves the model where it was. */
+            if (self->cuda == cnet && self->cuda_users == 0 &&
+                (cnet == created || self->device != DEV_CUDA)) {
+                net_destroy_cuda(cnet);
+                self->cuda = NULL;
+            }
+            return raise_cuda_status(st, "AlexNet.to");
+        }
     } else if (device == DEV_CPU && self->cuda && self->cuda_users == 0) {
         net_destroy_cuda(self->cuda);
         self->cuda = NULL;
     }
 #endif
-    self->device = (int)device;
+    self->device = device;
+    self->tf32 = tf32;
     Py_RETURN_NONE;
 }
 
@@ -860,6 +898,12 @@ static PyObject *Net_get_device(NetObject *self, void *closure)
 {
     (void)closure;
     return PyLong_FromLong(self->device);
+}
+
+static PyObject *Net_get_tf32(NetObject *self, void *closure)
+{
+    (void)closure;
+    return PyBool_FromLong(self->tf32);
 }
 
 static PyObject *Net_arena_bytes(NetObject *self, PyObject *args)
@@ -888,7 +932,8 @@ static PyMethodDef Net_methods[] = {
     {"forward", (PyCFunction)Net_forward, METH_O, "forward(x) -> (N, num_classes) float32"},
     {"profile", (PyCFunction)Net_profile, METH_O,
      "profile(x) -> (output, [(stage, seconds), ...]): the CPU forward with each stage timed"},
-    {"to_device", (PyCFunction)Net_to_device, METH_O, "to_device(0 cpu | 1 cuda)"},
+    {"to_device", (PyCFunction)Net_to_device, METH_VARARGS,
+     "to_device(0 cpu | 1 cuda, tf32=False): tf32 on CUDA only"},
     {"arena_bytes", (PyCFunction)Net_arena_bytes, METH_VARARGS, "activation memory for (N, H, W)"},
     {"cuda_graph_counts", (PyCFunction)Net_cuda_graph_counts, METH_NOARGS,
      "cuda_graph_counts() -> (graphs captured, forwards replayed from a graph)"},
@@ -898,6 +943,7 @@ static PyMethodDef Net_methods[] = {
 static PyGetSetDef Net_getset[] = {
     {"weights", (getter)Net_get_weights, NULL, "the 16 weight arrays, in state-dict order", NULL},
     {"device", (getter)Net_get_device, NULL, "0 cpu, 1 cuda", NULL},
+    {"tf32", (getter)Net_get_tf32, NULL, "True when the CUDA net multiplies in TF32", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

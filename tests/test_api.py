@@ -160,9 +160,13 @@ assert not ac.cuda_is_available()
 assert ac.cuda_unavailable_reason()
 with pytest.raises(RuntimeError, match="CUDA is not available"):
     ac.relu(np.zeros(3), device="cuda")
+with pytest.raises(RuntimeError, match="CUDA is not available"):
+    ac.conv2d(np.ones((1, 1, 2, 2)), np.ones((1, 1, 1, 1)), device="cuda", precision="tf32")
 m = ac.AlexNet(num_classes=2, seed=0)
 with pytest.raises(RuntimeError, match="CUDA is not available"):
     m.to("cuda")
+with pytest.raises(RuntimeError, match="CUDA is not available"):
+    m.to("cuda", precision="tf32")
 assert m.device == "cpu"
 with pytest.raises(ValueError, match="device"):
     m.to("tpu")
@@ -210,6 +214,30 @@ def test_profile_times_every_stage_of_the_real_forward(variant, size, stages):
         m.profile(x, repeat=0)
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
         m.profile(np.zeros((2, 4, 224, 224), np.float32))
+
+
+def test_precision_is_checked_on_every_build():
+    """precision='tf32' is a CUDA mode: on the CPU it is refused, not ignored, and a
+    name that is neither 'float32' nor 'tf32' is an error everywhere."""
+    x, w = np.ones((1, 2, 3, 3), np.float32), np.ones((1, 2, 3, 3), np.float32)
+    np.testing.assert_array_equal(ac.conv2d(x, w, precision="float32"), ac.conv2d(x, w))
+    with pytest.raises(ValueError, match="precision='tf32' is a CUDA tensor-core mode"):
+        ac.conv2d(x, w, precision="tf32")
+    with pytest.raises(ValueError, match="precision='tf32' is a CUDA tensor-core mode"):
+        ac.linear(np.ones((2, 3), np.float32), np.ones((4, 3), np.float32), precision="tf32")
+    for bad in ("fp16", "TF32", None, 32):
+        with pytest.raises(ValueError, match="precision must be 'float32' or 'tf32', got"):
+            ac.conv2d(x, w, precision=bad)
+    m = ac.AlexNet(num_classes=3, seed=0)
+    assert m.precision == "float32" and "(device): cpu\n" in repr(m)
+    with pytest.raises(ValueError, match="precision='tf32' is a CUDA tensor-core mode"):
+        m.to("cpu", precision="tf32")
+    with pytest.raises(ValueError, match="precision='tf32' is a CUDA tensor-core mode"):
+        ac.AlexNet(num_classes=3, seed=0, precision="tf32")
+    with pytest.raises(ValueError, match="precision must be"):
+        ac.AlexNet.from_state_dict(m.state_dict(), precision="half")
+    assert m.precision == "float32" and m.device == "cpu"
+    m.to("cpu", precision="float32")
 
 
 def test_cuda_graph_counts_on_cpu():

@@ -1,6 +1,7 @@
 """The CUDA path (csrc/cuda): every op and both networks on the GPU against torch in
 float64 (DESIGN.md's rule, TF32 off), NaN semantics, errors that leave the process
-usable, CUDA graphs, and two host threads on one model.
+usable, CUDA graphs, and two host threads on one model; and the opt-in TF32
+tensor-core path (precision="tf32") against the same references at TF32_TOL.
 
 Every test is marked `cuda` and skipped, with the reason, where alexnet_c cannot use
 a GPU (no CUDA build, no driver, no device). The references run on the GPU when
@@ -49,12 +50,18 @@ def t64(a):
     return None if a is None else torch.from_numpy(np.asarray(a, dtype=np.float64)).to(REF_DEVICE)
 
 
-def assert_close(ours, ref, what=""):
+# precision="tf32" rounds both GEMM operands to a 10-bit mantissa (relative error up to
+# 2^-11 each): measured on the emulator, 2e-4..3e-4 of max|ref| for one op and up to 8e-4
+# for a whole network; the bound leaves room for the hardware's own summation order.
+TF32_TOL = 5e-3
+
+
+def assert_close(ours, ref, what="", tol=TOL):
     assert isinstance(ours, np.ndarray) and ours.dtype == np.float32, type(ours)
     ref = ref.detach().cpu() if isinstance(ref, torch.Tensor) else torch.as_tensor(ref)
     assert ours.shape == tuple(ref.shape), (what, ours.shape, tuple(ref.shape))
     err = max_rel_err(ours, ref)
-    assert err <= TOL, f"{what}: max|ours-ref|/max|ref| = {err:.3g} > {TOL}"
+    assert err <= tol, f"{what}: max|ours-ref|/max|ref| = {err:.3g} > {tol}"
 
 
 def randn(rng, *shape, scale=1.0):
@@ -307,35 +314,143 @@ def test_profile_prints_every_layer(rng, nets, monkeypatch, capfd):
 # ---- every GEMM tile shape ----------------------------------------------------
 
 _TILE_CHILD = r"""
+import sys
 import numpy as np, torch, torch.nn.functional as F
 import alexnet_c as ac
+precision, tol = sys.argv[1], float(sys.argv[2])
 rng = np.random.default_rng(5)
 t = lambda a: None if a is None else torch.from_numpy(a).double()
 def check(ours, ref, what):
     ref = ref.numpy()
     err = np.abs(ours - ref).max() / np.abs(ref).max()
-    assert err <= 1e-4, f"{what}: {err}"
+    assert err <= tol, f"{what}: {err}"
 convs = [((2, 3, 67, 67), (64, 3, 11, 11), 4, 2, 1), ((2, 64, 13, 13), (192, 64, 5, 5), 1, 2, 1),
          ((3, 32, 7, 9), (40, 16, 3, 3), 1, 1, 2), ((1, 8, 5, 5), (130, 8, 1, 1), 1, 0, 1)]
 for xs, ws, s, p, g in convs:
     x = rng.standard_normal(xs).astype(np.float32)
     w = (rng.standard_normal(ws) * 0.1).astype(np.float32)
     b = rng.standard_normal(ws[0]).astype(np.float32)
-    check(ac.conv2d(x, w, b, s, p, g, device="cuda"), F.conv2d(t(x), t(w), t(b), s, p, 1, g), xs)
+    check(ac.conv2d(x, w, b, s, p, g, device="cuda", precision=precision),
+          F.conv2d(t(x), t(w), t(b), s, p, 1, g), xs)
 for n, i, o in [(40, 300, 70), (130, 64, 129)]:
     x = rng.standard_normal((n, i)).astype(np.float32)
     w = (rng.standard_normal((o, i)) * 0.1).astype(np.float32)
-    check(ac.linear(x, w, None, device="cuda"), F.linear(t(x), t(w)), (n, i, o))
+    check(ac.linear(x, w, None, device="cuda", precision=precision), F.linear(t(x), t(w)), (n, i, o))
 print("tile ok")
 """
 
 
+@pytest.mark.parametrize("precision", ["float32", "tf32"])
 @pytest.mark.parametrize("tile", ["large", "medium", "small"])
-def test_every_gemm_tile(tile):
+def test_every_gemm_tile(tile, precision):
     """The cost model picks one tile per shape; ALEXNET_C_CUDA_TILE (read once per
-    process) forces each in a child, so all three kernels are checked."""
-    res = run_python(["-c", _TILE_CHILD], env=child_env(ALEXNET_C_CUDA_TILE=tile))
+    process) forces each in a child, so all three kernels of each precision are checked."""
+    tol = TOL if precision == "float32" else TF32_TOL
+    res = run_python(["-c", _TILE_CHILD, precision, str(tol)], env=child_env(ALEXNET_C_CUDA_TILE=tile))
     assert res.returncode == 0 and "tile ok" in res.stdout, res.stdout + res.stderr
+
+
+# ---- precision="tf32": the tensor-core GEMMs ---------------------------------
+
+@pytest.mark.parametrize("name,xs,ws,stride,padding,groups,bias", CONV_CASES,
+                         ids=[c[0] for c in CONV_CASES])
+def test_conv2d_tf32(rng, name, xs, ws, stride, padding, groups, bias):
+    x = randn(rng, *xs)
+    w = randn(rng, *ws, scale=(2.0 / np.prod(ws[1:])) ** 0.5)
+    b = randn(rng, ws[0], scale=0.1) if bias else None
+    ours = ac.conv2d(x, w, b, stride, padding, groups, device="cuda", precision="tf32")
+    ref = F.conv2d(t64(x), t64(w), t64(b), stride, padding, 1, groups)
+    assert_close(ours, ref, name, tol=TF32_TOL)
+
+
+@pytest.mark.parametrize("n,i,o,bias", [(17, 300, 50, True), (64, 512, 256, True), (256, 1024, 100, False),
+                                        (40, 9216, 64, True), (33, 7, 5, True), (20, 0, 3, True)])
+def test_linear_tf32(rng, n, i, o, bias):
+    x = randn(rng, n, i)
+    w = randn(rng, o, i, scale=(1.0 / max(i, 1)) ** 0.5)
+    b = randn(rng, o, scale=0.1) if bias else None
+    ours = ac.linear(x, w, b, device="cuda", precision="tf32")
+    assert_close(ours, F.linear(t64(x), t64(w), t64(b)), f"linear tf32 {n}x{i}->{o}", tol=TF32_TOL)
+
+
+def test_linear_tf32_small_batch_is_the_float32_kernel(rng):
+    """Up to 16 rows the weight-streaming kernel runs in either precision (it is bound by
+    memory, where tensor cores gain nothing): the very same bits."""
+    x, w = randn(rng, 16, 4096), randn(rng, 1000, 4096, scale=1 / 64)
+    assert np.array_equal(ac.linear(x, w, device="cuda", precision="tf32"), ac.linear(x, w, device="cuda"))
+
+
+# TF32 keeps 10 of float32's 23 mantissa bits, rounding to nearest with ties away from
+# zero (cvt.rna). With K = 64 products of 1 * v the exact sum is 64 * tf32(v), integers
+# or halves that any summation order gives exactly; float32 would give 64 * v.
+_ROUNDING = [(1 + 2.0 ** -12, 64.0),                      # below half an ulp (2^-10): down
+             (1 + 2.0 ** -11, 64.0 * (1 + 2.0 ** -10)),   # a tie: away from zero, not to even
+             (-(1 + 2.0 ** -11), -64.0 * (1 + 2.0 ** -10)),
+             (1 + 3 * 2.0 ** -12, 64.0 * (1 + 2.0 ** -10))]
+
+
+@pytest.mark.parametrize("v,want", _ROUNDING)
+def test_tf32_rounds_both_operands_to_nearest_away(v, want):
+    ones, vals = np.ones((1, 64, 1, 1), np.float32), np.full((1, 64, 1, 1), v, np.float32)
+    for x, w, what in [(ones, vals, "weight"), (vals, ones, "input")]:
+        got = ac.conv2d(x, w, device="cuda", precision="tf32")
+        assert got.ravel().tolist() == [want], (what, v, got.ravel())
+        assert ac.conv2d(x, w, device="cuda").ravel().tolist() == [np.float32(64 * np.float32(v))]
+    x, w = np.ones((20, 64), np.float32), np.full((3, 64), v, np.float32)   # 20 rows: the GEMM
+    assert (ac.linear(x, w, device="cuda", precision="tf32") == want).all()
+
+
+TF32_MODEL_CASES = [("torchvision", 1, 224, 224), ("original", 1, 227, 227),
+                    ("torchvision", 20, 63, 63)]   # 20 rows: the FC layers on the GEMM too
+
+
+@pytest.mark.parametrize("variant,n,h,w", TF32_MODEL_CASES,
+                         ids=[f"{v}-N{n}-{h}x{w}" for v, n, h, w in TF32_MODEL_CASES])
+def test_model_tf32(rng, nets, variant, n, h, w):
+    ref_model, sd, _ = nets(variant)
+    ours = ac.AlexNet.from_state_dict(sd, device="cuda", precision="tf32")
+    assert ours.precision == "tf32" and ours.device == "cuda"
+    assert "(device): cuda (tf32)" in repr(ours)
+    x = randn(rng, n, 3, h, w)
+    ref = reference(ref_model, x)
+    outs = [ours(x) for _ in range(2)]   # plain launches, then a captured graph
+    assert ours._net.cuda_graph_counts() == (1, 1)
+    assert_close(outs[0], ref, f"tf32 {variant} N={n} {h}x{w}", tol=TF32_TOL)
+    assert_topk_agree(outs[0], ref)
+    assert np.array_equal(outs[0], outs[1])
+
+
+def test_switching_precision_keeps_the_weights_and_drops_the_graph(rng, nets):
+    ref_model, sd, fp32 = nets("torchvision")
+    x = randn(rng, 1, 3, 224, 224)
+    want = fp32(x)
+    m = ac.AlexNet.from_state_dict(sd).to("cuda")
+    assert m.precision == "float32"
+    assert np.array_equal(m(x), want) and np.array_equal(m(x), want)   # graph captured
+    m.to("cuda", precision="tf32")
+    tf32 = m(x)
+    assert m.precision == "tf32" and not np.array_equal(tf32, want)
+    assert_close(tf32, reference(ref_model, x), "tf32 after switching", tol=TF32_TOL)
+    m.to("cuda")                                   # None keeps the precision
+    assert m.precision == "tf32" and np.array_equal(m(x), tf32)
+    m.cuda(precision="float32")
+    assert m.precision == "float32"
+    assert np.array_equal(m(x), want) and np.array_equal(m(x), want)
+    assert m._net.cuda_graph_counts()[0] == 3      # one graph per precision change
+    m.to("cpu")
+    assert m.precision == "float32" and m.device == "cpu"
+    m.to("cuda")                                   # a fresh upload starts at float32
+    assert m.precision == "float32" and np.array_equal(m(x), want)
+
+
+def test_load_with_tf32(rng, tmp_path):
+    model = make_model("original", 10, seed=3)
+    path = tmp_path / "original.pth"
+    torch.save(model.state_dict(), path)
+    ours = ac.load(path, device="cuda", precision="tf32")
+    assert ours.precision == "tf32"
+    x = randn(rng, 1, 3, 227, 227)
+    assert_close(ours(x), reference(model.double().to(REF_DEVICE), x), "load tf32", tol=TF32_TOL)
 
 
 # ---- errors leave the process usable ------------------------------------------

@@ -3,8 +3,12 @@
 - Each check of the emulator fires on a kernel that is wrong in exactly that way
   (csrc/cuda_emu/selftest.cu): a missing barrier, in either thread order; a barrier
   that not every thread reaches; a full-mask shuffle in a partial warp; a read of
-  device memory nothing wrote; a synchronisation inside a graph capture. A check
-  that never fires would make tests/test_cuda.py's passes under the emulator worthless.
+  device memory nothing wrote; a synchronisation inside a graph capture; and for the
+  tensor-core API (mma.h), an operand not rounded to TF32, a misaligned tile and a
+  partial warp. A check that never fires would make tests/test_cuda.py's passes under
+  the emulator worthless.
+- precision="tf32" on a GPU without TF32 tensor cores (ALEXNET_C_EMU_CC below 80) is a
+  RuntimeError that names the compute capability, and nothing else changes.
 - A kernel fault (sticky, as on a GPU) is a RuntimeError with the runtime's text for
   every later CUDA call, while the CPU path goes on; device memory running out is a
   MemoryError and the model works again afterwards. On a real GPU neither can be
@@ -79,6 +83,62 @@ def test_misaligned_float4_load_is_not_silent():
 
 def test_synchronising_a_capturing_stream_is_refused():
     selftest("sync_in_capture", 4)   # raises unless refused and the capture invalidated
+
+
+def test_wmma_tile_product_is_exact():
+    """A @ B + 1 for the self-test's integer tiles, A[r][k] = r + k, B[k][c] = k - c."""
+    r, k, c = np.arange(16)[:, None], np.arange(8), np.arange(16)
+    want = ((r + k[None, :]) @ (k[:, None] - c[None, :]) + 1).astype(np.float32)
+    assert np.array_equal(selftest("wmma", 256).reshape(16, 16), want)
+
+
+@pytest.mark.parametrize("name,why", [
+    ("wmma_unrounded", "mma_sync: a TF32 operand was not rounded with __float_to_tf32"),
+    ("wmma_misaligned", "wmma: a fragment's memory must be 32-byte (256-bit) aligned"),
+    ("wmma_half_warp", "full-mask load_matrix_sync in a warp of 16 threads"),
+])
+def test_wmma_mistakes_are_kernel_faults(name, why):
+    code = f"""
+from alexnet_c import _C
+try:
+    _C._emu_selftest({name!r}, 256)
+    print("no fault")
+except RuntimeError as e:
+    print("fault:", e)
+"""
+    res = run_python(["-c", code])
+    assert res.returncode == 0 and "fault:" in res.stdout and "unspecified launch failure" in res.stdout, \
+        res.stdout + res.stderr
+    assert "kernel fault in wmma_kernel" in res.stderr and why in res.stderr, res.stderr
+
+
+_OLD_GPU_CHILD = """
+import numpy as np, pytest
+import alexnet_c as ac
+x, w = np.ones((1, 4, 5, 5), np.float32), np.ones((2, 4, 3, 3), np.float32)
+msg = "precision='tf32' needs TF32 tensor cores .compute capability 8.0 or newer.*this GPU is 7.5"
+with pytest.raises(RuntimeError, match=msg):
+    ac.conv2d(x, w, device="cuda", precision="tf32")
+with pytest.raises(RuntimeError, match=msg):
+    ac.linear(np.ones((2, 3), np.float32), np.ones((4, 3), np.float32), device="cuda", precision="tf32")
+m = ac.AlexNet(num_classes=5, seed=0)
+with pytest.raises(RuntimeError, match=msg):
+    m.to("cuda", precision="tf32")
+assert m.device == "cpu" and m.precision == "float32"    # a failed move changes nothing
+m.to("cuda")
+with pytest.raises(RuntimeError, match=msg):
+    m.to("cuda", precision="tf32")
+assert m.device == "cuda" and m.precision == "float32"
+y = np.random.default_rng(0).standard_normal((1, 3, 63, 63)).astype(np.float32)
+assert np.allclose(m(y), ac.AlexNet(num_classes=5, seed=0)(y), rtol=1e-4, atol=1e-5)
+assert np.array_equal(ac.conv2d(x, w, device="cuda"), ac.conv2d(x, w))
+print("refused")
+"""
+
+
+def test_tf32_needs_compute_capability_8():
+    res = run_python(["-c", _OLD_GPU_CHILD], env=child_env(ALEXNET_C_EMU_CC="75"))
+    assert res.returncode == 0 and "refused" in res.stdout, res.stdout + res.stderr
 
 
 def test_unknown_selftest_is_a_value_error():

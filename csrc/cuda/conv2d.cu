@@ -14,7 +14,7 @@ namespace acn {
 acn_status conv2d_forward_cuda(float *out, const float *inp, const float *weight,
                                const float *bias, int N, int C, int H, int W, int OC,
                                int KH, int KW, int SH, int SW, int PH, int PW, int groups,
-                               int relu, cudaStream_t stream) {
+                               int relu, Precision precision, cudaStream_t stream) {
     if (N < 0 || C < 1 || H < 1 || W < 1 || OC < 1 || KH < 1 || KW < 1 || SH < 1 || SW < 1 ||
         PH < 0 || PW < 0 || groups < 1 || C % groups || OC % groups)
         return cuda_fail_msg(ACN_EINVAL, "conv2d: invalid sizes (C=%d OC=%d groups=%d)", C, OC,
@@ -56,14 +56,15 @@ acn_status conv2d_forward_cuda(float *out, const float *inp, const float *weight
     a.div_kw = FastDiv(KW);
     a.div_ohw = FastDiv(a.OHW);
     a.div_ow = FastDiv(a.OW);
-    return gemm_tiled<BLoad::Image>(a, groups, stream, "conv2d kernel");
+    return gemm_tiled<BLoad::Image>(a, groups, precision, stream, "conv2d kernel");
 }
 
 }  // namespace acn
 
 extern "C" int conv2d_host_cuda(float *out, const float *inp, const float *weight,
                                 const float *bias, int N, int C, int H, int W, int OC, int KH,
-                                int KW, int SH, int SW, int PH, int PW, int groups, int relu) {
+                                int KW, int SH, int SW, int PH, int PW, int groups, int relu,
+                                int tf32) {
     using namespace acn;
     if (N < 0 || C < 1 || H < 1 || W < 1 || OC < 1 || KH < 1 || KW < 1 || SH < 1 || SW < 1 ||
         PH < 0 || PW < 0 || groups < 1 || C % groups || OC % groups ||
@@ -73,6 +74,8 @@ extern "C" int conv2d_host_cuda(float *out, const float *inp, const float *weigh
     const size_t OW = (size_t)(((long long)W + 2LL * PW - KW) / SW + 1);
     const size_t n_out = (size_t)N * OC * OH * OW;
     if (n_out == 0) return ACN_OK;
+    const Precision precision = tf32 ? Precision::Tf32 : Precision::Float32;
+    if (tf32) ACN_TRY(check_tf32("conv2d"));   /* before any copy */
     const cudaStream_t stream = host_call_stream();
     DeviceBuffers mem;
     float *d_inp, *d_weight, *d_bias = nullptr, *d_out;
@@ -82,6 +85,6 @@ extern "C" int conv2d_host_cuda(float *out, const float *inp, const float *weigh
     if (bias) ACN_TRY(mem.upload(&d_bias, bias, (size_t)OC, stream, "conv2d bias"));
     ACN_TRY(mem.alloc(&d_out, n_out, "conv2d output"));
     ACN_TRY(conv2d_forward_cuda(d_out, d_inp, d_weight, d_bias, N, C, H, W, OC, KH, KW, SH, SW,
-                                PH, PW, groups, relu, stream));
+                                PH, PW, groups, relu, precision, stream));
     return download_and_wait(out, d_out, n_out, stream);
 }

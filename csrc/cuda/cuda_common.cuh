@@ -49,6 +49,14 @@ acn_status check_launch(const char *kernel);
  * GEMM needs it on every launch, and a query during graph capture is best avoided). */
 int sm_count(void);
 
+/* How the GEMMs (convolutions, linear layers) multiply. Float32: fp32 FMAs, the parity
+ * path. Tf32: tensor cores, A and B rounded to TF32 (10-bit mantissa), float sums. */
+enum class Precision { Float32, Tf32 };
+/* ACN_OK when the current device has TF32 tensor cores (compute capability >= 8.0,
+ * cached per device like sm_count); else ACN_EUNSUPPORTED with a message saying so, or
+ * the failed query's error, named `what`. */
+acn_status check_tf32(const char *what);
+
 /* ---- scratch memory of the *_host_cuda functions ------------------------ */
 
 /* Owns up to 4 device allocations; the destructor frees them, so every early return
@@ -114,7 +122,7 @@ struct FastDiv {
 acn_status conv2d_forward_cuda(float *out, const float *inp, const float *weight,
                                const float *bias, int N, int C, int H, int W, int OC,
                                int KH, int KW, int SH, int SW, int PH, int PW, int groups,
-                               int relu, cudaStream_t stream);
+                               int relu, Precision precision, cudaStream_t stream);
 /* out (N*C,OH,OW), inp (N*C,H,W). */
 acn_status max_pool2d_forward_cuda(float *out, const float *inp, int NC, int H, int W,
                                    int KH, int KW, int SH, int SW, int PH, int PW,
@@ -124,7 +132,7 @@ acn_status adaptive_avg_pool2d_forward_cuda(float *out, const float *inp, int NC
 /* out (N,O), inp (N,I), weight (O,I), bias (O) or NULL. */
 acn_status linear_forward_cuda(float *out, const float *inp, const float *weight,
                                const float *bias, int N, int I, int O, int relu,
-                               cudaStream_t stream);
+                               Precision precision, cudaStream_t stream);
 acn_status relu_forward_cuda(float *out, const float *inp, size_t n, cudaStream_t stream);
 /* inp viewed as (outer, D, inner), reduced over D. */
 acn_status softmax_forward_cuda(float *out, const float *inp, size_t outer, size_t D,

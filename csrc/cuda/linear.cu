@@ -5,6 +5,9 @@
  * weight[o, :] once, with 16-byte loads, for up to ROWS_MAX batch rows at a time; the
  * inputs (N x I, at most a few hundred KB) stay in L1/L2 and are re-read by every warp.
  * Large batch is compute bound and goes to the tiled GEMM of gemm.cuh (Rows loader).
+ * precision="tf32" applies to that GEMM only: the streaming kernel is bound by memory,
+ * where tensor cores would gain nothing, so small batches stay float32 (as cuBLAS
+ * with TF32 allowed may also choose).
  */
 #include <limits.h>
 
@@ -109,7 +112,7 @@ bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 
 acn_status linear_forward_cuda(float *out, const float *inp, const float *weight,
                                const float *bias, int N, int I, int O, int relu,
-                               cudaStream_t stream) {
+                               Precision precision, cudaStream_t stream) {
     if (N < 0 || I < 0 || O < 1)
         return cuda_fail_msg(ACN_EINVAL, "linear: invalid sizes (N=%d I=%d O=%d)", N, I, O);
     if (N == 0) return ACN_OK;
@@ -160,17 +163,19 @@ acn_status linear_forward_cuda(float *out, const float *inp, const float *weight
     a.div_kw = FastDiv(1);
     a.div_ohw = FastDiv(1);
     a.div_ow = FastDiv(1);
-    return gemm_tiled<BLoad::Rows>(a, 1, stream, "linear kernel");
+    return gemm_tiled<BLoad::Rows>(a, 1, precision, stream, "linear kernel");
 }
 
 }  // namespace acn
 
 extern "C" int linear_host_cuda(float *out, const float *inp, const float *weight,
-                                const float *bias, int N, int I, int O, int relu) {
+                                const float *bias, int N, int I, int O, int relu, int tf32) {
     using namespace acn;
     if (N < 0 || I < 0 || O < 1) return cuda_fail_msg(ACN_EINVAL, "linear: invalid sizes");
     const size_t n_out = (size_t)N * O;
     if (n_out == 0) return ACN_OK;
+    const Precision precision = tf32 ? Precision::Tf32 : Precision::Float32;
+    if (tf32) ACN_TRY(check_tf32("linear"));   /* also where the streaming kernel runs */
     const cudaStream_t stream = host_call_stream();
     DeviceBuffers mem;
     float *d_inp, *d_weight, *d_bias = nullptr, *d_out;
@@ -178,6 +183,6 @@ extern "C" int linear_host_cuda(float *out, const float *inp, const float *weigh
     ACN_TRY(mem.upload(&d_weight, weight, (size_t)O * I, stream, "linear weight"));
     if (bias) ACN_TRY(mem.upload(&d_bias, bias, (size_t)O, stream, "linear bias"));
     ACN_TRY(mem.alloc(&d_out, n_out, "linear output"));
-    ACN_TRY(linear_forward_cuda(d_out, d_inp, d_weight, d_bias, N, I, O, relu, stream));
+    ACN_TRY(linear_forward_cuda(d_out, d_inp, d_weight, d_bias, N, I, O, relu, precision, stream));
     return download_and_wait(out, d_out, n_out, stream);
 }

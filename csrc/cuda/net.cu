@@ -101,6 +101,7 @@ struct acn_cuda_net {
     size_t work_floats = 0;
     bool use_graphs = true;
     bool profile = false;                         /* ALEXNET_C_CUDA_PROFILE */
+    acn::Precision precision = acn::Precision::Float32;   /* of the convs and FC GEMMs */
     cudaGraphExec_t graph = nullptr;              /* for shape (g_n, g_h, g_w) */
     bool graph_failed = false;                    /* capture failed for the last shape */
     int last_n = 0, last_h = 0, last_w = 0;       /* shape of the previous forward */
@@ -215,7 +216,7 @@ acn_status run_layers(const acn_cuda_net *net, const Workspace &ws, int N, int H
         float *y = take();
         ACN_TRY(acn::conv2d_forward_cuda(y, x, net->w[2 * i], net->w[2 * i + 1], N, c, h, w,
                                          cs.out_c, cs.k, cs.k, cs.stride, cs.stride, cs.pad,
-                                         cs.pad, 1, /*relu=*/1, st));
+                                         cs.pad, 1, /*relu=*/1, net->precision, st));
         mark(conv_names[i]);
         x = y;
         c = cs.out_c;
@@ -241,17 +242,18 @@ acn_status run_layers(const acn_cuda_net *net, const Workspace &ws, int N, int H
     }
     /* Flatten is free: (N, C, 6, 6) is already (N, 9216) in memory. Dropout is identity. */
     float *y = take();
-    ACN_TRY(acn::linear_forward_cuda(y, x, net->w[10], net->w[11], N, s.fc_in, s.fc_hidden, 1, st));
+    ACN_TRY(acn::linear_forward_cuda(y, x, net->w[10], net->w[11], N, s.fc_in, s.fc_hidden, 1,
+                                     net->precision, st));
     mark("fc1");
     x = y;
     y = take();
     ACN_TRY(acn::linear_forward_cuda(y, x, net->w[12], net->w[13], N, s.fc_hidden, s.fc_hidden,
-                                     1, st));
+                                     1, net->precision, st));
     mark("fc2");
     x = y;
     y = s.log_softmax ? take() : ws.logits;
     ACN_TRY(acn::linear_forward_cuda(y, x, net->w[14], net->w[15], N, s.fc_hidden,
-                                     net->num_classes, 0, st));
+                                     net->num_classes, 0, net->precision, st));
     mark("fc3");
     if (s.log_softmax) {
         ACN_TRY(acn::log_softmax_forward_cuda(ws.logits, y, (size_t)N, (size_t)net->num_classes,
@@ -473,6 +475,23 @@ extern "C" int net_forward_cuda(acn_cuda_net *net, float *out_host, const float 
                              N, H, W);
     std::lock_guard<std::mutex> guard(net->lock);
     return forward(net, out_host, inp_host, N, H, W);
+}
+
+extern "C" int net_set_tf32_cuda(acn_cuda_net *net, int tf32) {
+    if (!net) return cuda_fail_msg(ACN_EINVAL, "net_set_tf32_cuda: no net");
+    std::lock_guard<std::mutex> guard(net->lock);
+    DeviceScope device(net->device);
+    ACN_CUDA_TRY(device.status(), "cudaSetDevice");
+    const acn::Precision want = tf32 ? acn::Precision::Tf32 : acn::Precision::Float32;
+    if (tf32) ACN_TRY(acn::check_tf32("AlexNet.to"));
+    if (want != net->precision) {
+        /* The captured graph holds the other kernels. */
+        drop_graph(net);
+        net->graph_failed = false;
+        net->last_n = 0;
+        net->precision = want;
+    }
+    return ACN_OK;
 }
 
 extern "C" void net_cuda_graph_counts(acn_cuda_net *net, long counts[2]) {

@@ -49,26 +49,54 @@ acn_status check_launch(const char *kernel) {
     return err == cudaSuccess ? ACN_OK : cuda_fail(err, kernel);
 }
 
-int sm_count(void) {
-    /* Plenty of slots for the devices of one host; a device beyond them is queried
-     * every time, which is correct, only slower. */
+namespace {
+
+/* One attribute of the current device, cached per device. Plenty of slots for the
+ * devices of one host; a device beyond them is queried every time, which is correct,
+ * only slower. fallback (< 1 is "unknown") when the query fails; not cached then. */
+template <cudaDeviceAttr ATTR>
+int cached_attribute(int fallback) {
     static std::atomic<int> cached[64];
     int dev = 0;
     if (cudaGetDevice(&dev) != cudaSuccess) {
         (void)cudaGetLastError();
-        return 80;   /* an answer that only steers the tile choice */
+        return fallback;
     }
     if (dev >= 0 && dev < 64) {
-        int n = cached[dev].load(std::memory_order_relaxed);
+        const int n = cached[dev].load(std::memory_order_relaxed);
         if (n > 0) return n;
     }
     int n = 0;
-    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n < 1) {
+    if (cudaDeviceGetAttribute(&n, ATTR, dev) != cudaSuccess || n < 1) {
         (void)cudaGetLastError();
-        n = 80;
+        return fallback;
     }
     if (dev >= 0 && dev < 64) cached[dev].store(n, std::memory_order_relaxed);
     return n;
+}
+
+}  // namespace
+
+int sm_count(void) {
+    return cached_attribute<cudaDevAttrMultiProcessorCount>(80);   /* 80 only steers the tile choice */
+}
+
+acn_status check_tf32(const char *what) {
+    int major = cached_attribute<cudaDevAttrComputeCapabilityMajor>(0);
+    if (major >= 8) return ACN_OK;
+    if (major < 1) {   /* the query failed: ask again for its error */
+        int dev = 0;
+        cudaError_t err = cudaGetDevice(&dev);
+        if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+        if (err != cudaSuccess) return cuda_fail(err, what);
+        if (major >= 8) return ACN_OK;
+    }
+    const int minor = cached_attribute<cudaDevAttrComputeCapabilityMinor>(0);
+    /* No `what` in the text: the Python error already starts with the op's name. */
+    return cuda_fail_msg(ACN_EUNSUPPORTED,
+                         "precision='tf32' needs TF32 tensor cores (compute capability 8.0 "
+                         "or newer, Ampere and later); this GPU is %d.%d",
+                         major, minor);
 }
 
 DeviceBuffers::~DeviceBuffers() {
