@@ -73,6 +73,7 @@ def _layout(variant, num_classes=1000):
     (["predict", "missing.jpg", "--weights", "random"], "image not found"),
     (["predict", "x.jpg", "--weights", "missing.pth"], "not found"),
     (["predict", "x.jpg", "--topk", "0"], "positive integer"),
+    (["predict", "x.jpg", "--precision", "fp16"], "invalid choice"),
     (["convert", "missing.pth", "out.npz"], "not found"),
     (["nonsense"], "invalid choice"),
 ])
@@ -80,6 +81,22 @@ def test_bad_arguments_give_one_line_and_status_2(tmp_path, args, needle):
     res = run_python(CLI + args, cwd=str(tmp_path))
     assert res.returncode == 2
     assert needle in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["predict", "IMG", "--weights", "random", "--device", "cuda"], "--device cuda: CUDA is not available: "),
+    (["check", "--device", "cuda"], "--device cuda: CUDA is not available: "),
+    (["predict", "IMG", "--weights", "random", "--precision", "tf32"], "--precision tf32 needs --device cuda"),
+    (["check", "--precision", "tf32"], "--precision tf32 needs --device cuda"),
+    (["predict", "IMG", "--out", "x.parquet", "--device", "cuda"], "--device and --precision do not apply"),
+])
+def test_device_and_precision_refusals(images, args, needle):
+    # CUDA_VISIBLE_DEVICES="" hides every GPU (and the emulator's), so this holds on every build.
+    args = [str(images / "img0.png") if a == "IMG" else a for a in args]
+    res = run_python(CLI + args, env=child_env(CUDA_VISIBLE_DEVICES=""))
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert needle in res.stderr and res.stderr.count("\n") == 1, res.stderr
     assert "Traceback" not in res.stderr
 
 
@@ -115,3 +132,23 @@ def test_check_passes():
     res = run_python(CLI + ["check", "--batch", "1", "--size", "96"], timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "PASS" in res.stdout and "max |ours - torch float64|" in res.stdout
+    assert "(limit 0.0001)" in res.stdout and "ISA " in res.stdout
+
+
+def test_check_fails_on_wrong_results(tmp_path):
+    # The same command with conv1's bias nudged inside alexnet_c only: check must say FAIL.
+    hook = tmp_path / "sitecustomize.py"
+    hook.write_text(
+        "import alexnet_c as ac\n"
+        "_load = ac.load\n"
+        "def load(path, **kw):\n"
+        "    sd = ac.load.__wrapped__(path).state_dict()\n"
+        "    sd['features.0.bias'] = sd['features.0.bias'] + 0.5\n"
+        "    return ac.AlexNet.from_state_dict(sd, **kw)\n"
+        "load.__wrapped__ = _load\n"
+        "ac.load = load\n")
+    env = child_env()
+    env["PYTHONPATH"] = str(tmp_path) + os.pathsep + env["PYTHONPATH"]
+    res = run_python(CLI + ["check", "--batch", "1", "--size", "96"], env=env, timeout=600)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "FAIL" in res.stdout

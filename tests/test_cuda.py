@@ -545,3 +545,38 @@ def test_two_threads_ops(rng):
     w = randn(rng, 192, 64, 5, 5, scale=0.05)
     refs = [F.conv2d(t64(x), t64(w), None, 1, 2) for x in xs]
     _in_two_threads(5, lambda k: max_rel_err(ac.conv2d(xs[k], w, None, 1, 2, device="cuda"), refs[k].cpu()))
+
+
+# ---- the command line -----------------------------------------------------------
+
+@pytest.mark.parametrize("precision,limit", [("float32", "0.0001"), ("tf32", "0.005")])
+def test_cli_check_on_cuda(precision, limit):
+    res = run_python(["-m", "alexnet_c", "check", "--device", "cuda", "--precision", precision,
+                      "--batch", "2", "--size", "96"], timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"CUDA ({precision}" in res.stdout and f"(limit {limit})" in res.stdout, res.stdout
+    assert ("on the CPU emulator" in res.stdout) == bool(ac._C.CUDA_EMULATED), res.stdout
+    assert res.stdout.rstrip().endswith("PASS"), res.stdout
+
+
+def test_cli_predict_on_cuda(tmp_path):
+    import json
+    from PIL import Image
+    image = tmp_path / "img.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(image)
+    cpu = ac.AlexNet(num_classes=1000, seed=0)
+    cpu.save(tmp_path / "w.safetensors")
+    probs = ac.softmax(cpu(ac.preprocess(str(image))[None]), dim=1)[0]
+    reported = {}
+    for precision, rtol in [("float32", 1e-4), ("tf32", 2e-2)]:
+        res = run_python(["-m", "alexnet_c", "predict", str(image), "--weights", str(tmp_path / "w.safetensors"),
+                          "--device", "cuda", "--precision", precision, "--topk", "5", "--json"])
+        assert res.returncode == 0, res.stdout + res.stderr
+        got = json.loads(res.stdout)["predictions"]
+        assert len(got) == 5
+        for row in got:   # each reported probability is the CPU's for that category
+            i = ac.IMAGENET_CATEGORIES.index(row["category"])
+            assert row["probability"] == pytest.approx(float(probs[i]), rel=rtol), (precision, row)
+        reported[precision] = got
+    assert [r["category"] for r in reported["float32"]] == [c for c, _ in cpu.predict(str(image), topk=5)]
+    assert reported["tf32"] != reported["float32"]   # --precision reached the GPU

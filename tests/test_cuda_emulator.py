@@ -235,3 +235,15 @@ def test_emulated_device_can_be_hidden():
     res = run_python(["-c", "import alexnet_c as ac; print(ac.cuda_is_available(), ac.cuda_unavailable_reason())"],
                      env=child_env(CUDA_VISIBLE_DEVICES="-1"))
     assert res.returncode == 0 and res.stdout.startswith("False no CUDA device found"), res.stdout + res.stderr
+
+
+def test_cli_reports_device_memory_running_out(tmp_path):
+    from PIL import Image
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "img.png")
+    ac.AlexNet(num_classes=1000, seed=0).save(tmp_path / "w.safetensors")   # 244 MB on the device
+    res = run_python(["-m", "alexnet_c", "predict", str(tmp_path / "img.png"), "--weights",
+                      str(tmp_path / "w.safetensors"), "--device", "cuda"],
+                     env=child_env(ALEXNET_C_EMU_MEMORY_MB="100"))
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert res.stderr.startswith("alexnet-c predict: error: CudaOutOfMemoryError: "), res.stderr
+    assert "Traceback" not in res.stderr and res.stderr.count("\n") == 1, res.stderr
