@@ -13,7 +13,7 @@
 # Usage: bash .ci/emulated_cuda.sh [extra pytest arguments]
 #   EMU_SCHEDULES="forward reverse"   the thread orders to run (ALEXNET_C_EMU_SCHEDULE)
 #   EMU_KEEP=1                        keep the temporary tree (its path is printed)
-# Runtime: ~6 min on 2 cores (build ~40 s, ~170 s per order). No GPU or network needed.
+# Runtime: ~9 min on 2 cores (build ~40 s, ~250 s per order). No GPU or network needed.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -102,14 +102,17 @@ fi
 # threads on ops, whose memory use is one thread's twice. Of the TF32 tests, the two
 # slowest: the batch-20 network at 63x63 and the batch-64 conv3, whose kernels the other
 # TF32 cases run at smaller sizes (the emulated tensor-core API is ~4x slower than the
-# float32 kernels). .ci/emulated_cuda.sh runs them all.
+# float32 kernels). And benchmarks/bench_gpu.py run end to end on a stand-in for torch's
+# CUDA (some 40 emulated forwards: a test of the script's logic, whose kernels are all run
+# above). .ci/emulated_cuda.sh runs them all.
 DEFAULT_TESTS=(tests --ignore=tests/test_distributed.py --ignore=tests/test_plots.py
                --deselect tests/test_resources.py::test_big_op_call_does_not_keep_its_memory
                --deselect "tests/test_cuda.py::test_model_parity[original-N3-227x227]"
                --deselect "tests/test_cuda.py::test_model_parity[torchvision-N3-256x320]"
                --deselect tests/test_cuda.py::test_two_threads_ops
                --deselect "tests/test_cuda.py::test_model_tf32[torchvision-N20-63x63]"
-               --deselect "tests/test_cuda.py::test_conv2d_tf32[batch 64 conv3 (big tiles)]")
+               --deselect "tests/test_cuda.py::test_conv2d_tf32[batch 64 conv3 (big tiles)]"
+               --deselect tests/test_cuda_emulator.py::test_bench_gpu_runs_end_to_end)
 if [[ -n "${SANITIZE_TESTS:-}" ]]; then
     read -r -a SELECTION <<<"$SANITIZE_TESTS"
 else

@@ -455,7 +455,7 @@ def main(argv=None) -> int:
         print(head)
     for variant in variants:
         for batch in tf32_batches:
-            r = bench_network(variant, batch, max(5, args.reps // 3), peak, tf32=True)
+            r = bench_network(variant, batch, max(1, args.reps // 3), peak, tf32=True)
             rows.append(r)
             print(f"{variant:<12} {batch:>4} {r['ours_ms']:>9.3f} {r['torch_e2e_ms']:>10.3f} "
                   f"{r['torch_device_ms']:>10.3f} {r['ours_img_s']:>11.1f} {r['ratio_vs_torch_e2e']:>7.2f} "
@@ -467,7 +467,7 @@ def main(argv=None) -> int:
         for variant in variants:
             for batch in sorted({min(batches), max(batches)}):
                 key = f"{variant}-N{batch}"
-                layers[key] = bench_layers(variant, batch, max(5, args.reps // 2), peak)
+                layers[key] = bench_layers(variant, batch, max(1, args.reps // 2), peak)
                 print(f"\nper layer, {variant} N={batch} (device time, CUDA events; conv/fc include ReLU)")
                 print(f"{'layer':<12} {'ours ms':>9} {'torch ms':>9} {'ratio':>7} {'ours %pk':>9} "
                       f"{'torch %pk':>10} {'ours GB/s':>10}")

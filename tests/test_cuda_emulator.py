@@ -12,7 +12,11 @@
 - A kernel fault (sticky, as on a GPU) is a RuntimeError with the runtime's text for
   every later CUDA call, while the CPU path goes on; device memory running out is a
   MemoryError and the model works again afterwards. On a real GPU neither can be
-  provoked on purpose by our own kernels.
+  provoked on purpose by our own kernels. The command line reports the latter in one
+  line.
+- benchmarks/bench_gpu.py runs end to end with torch's CUDA stood in
+  (tests/_torch_cuda_standin.py): no CI machine has a GPU, and a mistake in the
+  script's own logic should not cost a GPU session its few minutes.
 
 Runs in builds made with ALEXNET_C_CUDA=emulate (.ci/emulated_cuda.sh, .ci/sanitize.sh);
 elsewhere skipped with the reason, like every other `cuda`-marked test.
@@ -247,3 +251,41 @@ def test_cli_reports_device_memory_running_out(tmp_path):
     assert res.returncode == 1, res.stdout + res.stderr
     assert res.stderr.startswith("alexnet-c predict: error: CudaOutOfMemoryError: "), res.stderr
     assert "Traceback" not in res.stderr and res.stderr.count("\n") == 1, res.stderr
+
+
+_BENCH_GPU_CHILD = """
+import runpy, sys
+sys.path.insert(0, {tests!r})
+import _torch_cuda_standin  # noqa: F401
+sys.argv = ["bench_gpu.py", "--batches", "1", "--tf32-batches", "1", "--reps", "1", "--per-layer",
+            "--out", {out!r}]
+runpy.run_path({script!r}, run_name="__main__")
+"""
+
+
+def test_bench_gpu_runs_end_to_end(tmp_path):
+    # benchmarks/bench_gpu.py needs torch with CUDA, which no CI machine has: with torch's
+    # device stood in (tests/_torch_cuda_standin.py) it runs here on the emulator, so that
+    # a GPU session's few minutes are not lost to a mistake in the script's own logic.
+    import json
+    from pathlib import Path
+    tests = Path(__file__).resolve().parent
+    script = tests.parent / "benchmarks" / "bench_gpu.py"
+    code = _BENCH_GPU_CHILD.format(tests=str(tests), out=str(tmp_path), script=str(script))
+    res = run_python(["-c", code], timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    report = json.loads((tmp_path / "bench_gpu.json").read_text())
+    rows = {(r["variant"], r["precision"]): r for r in report["networks"]}
+    assert set(rows) == {(v, p) for v in ("torchvision", "original") for p in ("float32", "tf32")}
+    for (variant, precision), r in rows.items():
+        assert r["batch"] == 1 and r["ours_ms"] > 0 and r["torch_device_ms"] > 0, r
+        assert r["max_rel_diff_vs_torch_fp32"] <= (1e-4 if precision == "float32" else 5e-3), r
+        if precision == "tf32":
+            assert 0 < r["max_rel_diff_vs_float32"] <= 5e-3, r
+    for key, want in [("torchvision-N1", {"avgpool"}), ("original-N1", {"log_softmax"})]:
+        layers = {row["layer"]: row for row in report["layers"][key]}
+        names = {f"conv{i}" for i in range(1, 6)} | {"pool1", "pool2", "pool5", "fc1", "fc2", "fc3", "total"}
+        assert names <= set(layers), (key, sorted(layers))
+        for name, row in layers.items():   # both sides timed every layer, under the same names
+            assert row["ours_ms"] > 0 and row["torch_ms"] and row["torch_ms"] > 0, (key, row)
+    assert "precision='tf32' against PyTorch" in res.stdout and "per layer, original N=1" in res.stdout
