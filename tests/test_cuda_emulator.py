@@ -16,7 +16,8 @@
   line.
 - benchmarks/bench_gpu.py runs end to end with torch's CUDA stood in
   (tests/_torch_cuda_standin.py): no CI machine has a GPU, and a mistake in the
-  script's own logic should not cost a GPU session its few minutes.
+  script's own logic should not cost a GPU session its few minutes; so do the two
+  programs benchmarks/gpu_check.sh gives compute-sanitizer.
 
 Runs in builds made with ALEXNET_C_CUDA=emulate (.ci/emulated_cuda.sh, .ci/sanitize.sh);
 elsewhere skipped with the reason, like every other `cuda`-marked test.
@@ -289,3 +290,19 @@ def test_bench_gpu_runs_end_to_end(tmp_path):
         for name, row in layers.items():   # both sides timed every layer, under the same names
             assert row["ours_ms"] > 0 and row["torch_ms"] and row["torch_ms"] > 0, (key, row)
     assert "precision='tf32' against PyTorch" in res.stdout and "per layer, original N=1" in res.stdout
+
+
+def test_gpu_check_sanitizer_calls_run(tmp_path):
+    # benchmarks/gpu_check.sh hands two Python programs to compute-sanitizer (memcheck's
+    # calls of every kernel, racecheck's and synccheck's small calls): run them here, so
+    # that a typo in them shows in CI rather than as a "finding" on a lent GPU.
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.sh").read_text()
+    memcheck = re.search(r"<<'PYEOF'\n(.*?)\nPYEOF\n", text, re.S)
+    race = re.search(r"\n    RACE_CALLS='(.*?)'\n", text, re.S)
+    assert memcheck and race, "gpu_check.sh's sanitizer programs were not found"
+    for name, program, done in [("memcheck", memcheck.group(1), "sanitize calls done"),
+                                ("race", race.group(1), "race calls done")]:
+        res = run_python(["-c", program])
+        assert res.returncode == 0 and res.stdout.strip().endswith(done), (name, res.stdout + res.stderr)
