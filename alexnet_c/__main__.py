@@ -21,6 +21,8 @@ import tempfile
 import time
 from typing import Optional, Sequence
 
+from .ops import PARITY_TOLERANCE   # one entry per precision the ops accept
+
 
 class UsageError(Exception):
     """A problem with what the user asked for: one line, exit status 2."""
@@ -134,7 +136,6 @@ def cmd_check(args) -> int:
     import numpy as np
 
     import alexnet_c as ac
-    from .ops import PARITY_TOLERANCE
     from .reference import torch_alexnet
     _check_device(args.device, args.precision)
     torch.manual_seed(0)
@@ -239,7 +240,7 @@ def cmd_convert(args) -> int:
 
 def _add_device_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    s.add_argument("--precision", choices=("float32", "tf32"), default="float32",
+    s.add_argument("--precision", choices=tuple(PARITY_TOLERANCE), default="float32",
                    help="tf32: tensor cores on CUDA (compute capability 8.0+), looser tolerance")
 
 

@@ -28,11 +28,10 @@ class _Event:
         return (end.t - self.t) * 1e3
 
 
-def _empty_on_cpu(*size, device=None, **kw):
+def _empty_on_cpu(*size: int, device=None, **kw):
     # bench_gpu's bandwidth probe asks for 2 GiB twice: a few MB tell the logic as much.
     if str(device).startswith("cuda"):
-        size = tuple(min(int(s), 1 << 22) for s in (size[0] if len(size) == 1 and
-                                                      isinstance(size[0], (tuple, list)) else size))
+        size = tuple(min(s, 1 << 22) for s in size)
     return _empty(*size, **kw)
 
 
