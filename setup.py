@@ -23,6 +23,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CUDA_ARCHS = "75;80;86;89;90"
 
 
 def find_nvcc():
@@ -170,6 +171,26 @@ def cuda_wanted():
     return nvcc, root, cu_sources
 
 
+def cuda_archs():
+    """ALEXNET_C_CUDA_ARCHS as a list of SM versions, e.g. ["75", "80", "86", "89", "90"]."""
+    value = os.environ.get("ALEXNET_C_CUDA_ARCHS", DEFAULT_CUDA_ARCHS)
+    return [a.strip() for a in value.replace(",", ";").split(";") if a.strip()]
+
+
+def nvcc_command(nvcc, src, obj, archs):
+    """The nvcc command of one csrc/cuda object: SASS for each SM version in archs, and PTX
+    for the last (newer GPUs JIT it). benchmarks/cuda_resources.py runs this very command
+    with --resource-usage --keep (tests/test_cuda_build.py through it), so the registers,
+    spills and instructions it checks are those of the build."""
+    gencode = []
+    for a in archs:
+        gencode += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
+    gencode += ["-gencode", f"arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
+    return [nvcc, "-c", src, "-o", obj, "-O3", "-std=c++17", "-Icsrc",
+            "-Xcompiler", "-fPIC", "-Xcompiler", "-Wall", "-Xcompiler", "-fvisibility=hidden",
+            "--expt-relaxed-constexpr", "-DALEXNET_C_WITH_CUDA"] + gencode
+
+
 class BuildExtWithCuda(build_ext):
     """Compiles csrc/cuda/*.cu with nvcc and links the objects into _C.
 
@@ -185,13 +206,7 @@ class BuildExtWithCuda(build_ext):
                 ext.libraries += ["stdc++"]
         nvcc, cuda_root, cu_sources = cuda_wanted()
         if nvcc:
-            archs = [a.strip() for a in
-                     os.environ.get("ALEXNET_C_CUDA_ARCHS", "75;80;86;89;90").replace(",", ";").split(";")
-                     if a.strip()]
-            gencode = []
-            for a in archs:
-                gencode += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
-            gencode += ["-gencode", f"arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
+            archs = cuda_archs()
             out_dir = os.path.join(self.build_temp, "cuda-sm" + "-".join(archs))
             os.makedirs(out_dir, exist_ok=True)
             objects = []
@@ -202,9 +217,7 @@ class BuildExtWithCuda(build_ext):
                 newest_input = max(os.path.getmtime(f) for f in [src, __file__] + headers)
                 if os.path.exists(obj) and os.path.getmtime(obj) >= newest_input and not self.force:
                     continue   # up to date: nvcc is slow, skip it on rebuilds
-                cmd = [nvcc, "-c", src, "-o", obj, "-O3", "-std=c++17", "-Icsrc",
-                       "-Xcompiler", "-fPIC", "-Xcompiler", "-Wall", "-Xcompiler", "-fvisibility=hidden",
-                       "--expt-relaxed-constexpr", "-DALEXNET_C_WITH_CUDA"] + gencode
+                cmd = nvcc_command(nvcc, src, obj, archs)
                 print(" ".join(cmd), flush=True)
                 subprocess.run(cmd, check=True)
             lib_dirs = [d for d in (os.path.join(cuda_root, "lib64"),
@@ -243,4 +256,5 @@ def extension():
     )
 
 
-setup(ext_modules=[extension()], cmdclass={"build_ext": BuildExtWithCuda})
+if __name__ == "__main__":   # as pip and `python setup.py` run it; imported, it only defines
+    setup(ext_modules=[extension()], cmdclass={"build_ext": BuildExtWithCuda})
