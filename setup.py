@@ -57,6 +57,11 @@ _LAUNCH = re.compile(r"([A-Za-z_]\w*(?:<[^<>;(){}]*>)?)\s*<<<(.*?)>>>\s*\(", re.
 _SHARED = re.compile(r"__shared__\s+(?:__align__\(\s*(\d+)\s*\)\s+)?([^;\[]*?)\s*\b([A-Za-z_]\w*)\s*((?:\[[^\]]*\])+)\s*;")
 
 
+# `__launch_bounds__(args) name(params) {` (args with one level of parentheses): the
+# emulator's form checks the block size on entry (check_launch_bound in cuda_runtime.h).
+_LAUNCH_BOUNDS = re.compile(r"__launch_bounds__\(((?:[^()]|\([^()]*\))*)\)(\s*[A-Za-z_]\w*\s*\([^(){};]*\)\s*\{)")
+
+
 def _emulated_shared(m):
     """The emulator's form of a __shared__ array (see block_shared in
     csrc/cuda_emu/cuda_runtime.h): storage from the block's runner, no TLS."""
@@ -69,8 +74,9 @@ def _emulated_shared(m):
 
 def emulator_source(path):
     """The text of a .cu / .cuh file in plain C++ for csrc/cuda_emu, lines unchanged:
-    launches become calls of the emulator, and each __shared__ array becomes storage
-    that the emulator hands out per block (_emulated_shared)."""
+    launches become calls of the emulator, each __launch_bounds__ a check of the block
+    size on the kernel's entry, and each __shared__ array storage that the emulator
+    hands out per block (_emulated_shared)."""
     with open(path) as f:
         text = f.read()
 
@@ -85,6 +91,10 @@ def emulator_source(path):
     # register arrays (the GEMM's accumulators) stay in registers here too.
     out = re.sub(r"^(\s*)#pragma\s+unroll\s*$", r"\1#pragma GCC unroll 64", out, flags=re.M)
     out = re.sub(r"^(\s*)#pragma\s+unroll\s+(\d+)\s*$", r"\1#pragma GCC unroll \2", out, flags=re.M)
+    out, n_bounds = _LAUNCH_BOUNDS.subn(r"\2 ::acn_emu::check_launch_bound(\1);", out)
+    if n_bounds != len(re.findall(r"\b__launch_bounds__\b", text)):
+        raise RuntimeError(f"{path}: a __launch_bounds__ the emulator build cannot rewrite "
+                           "(it handles `__launch_bounds__(args) name(params) {`)")
     out, n_shared = _SHARED.subn(_emulated_shared, out)
     if n_shared != len(re.findall(r"\b__shared__\b", text)):
         raise RuntimeError(f"{path}: a __shared__ declaration the emulator build cannot rewrite "

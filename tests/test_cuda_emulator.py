@@ -2,10 +2,10 @@
 
 - Each check of the emulator fires on a kernel that is wrong in exactly that way
   (csrc/cuda_emu/selftest.cu): a missing barrier, in either thread order; a barrier
-  that not every thread reaches; a full-mask shuffle in a partial warp; a read of
-  device memory nothing wrote; a synchronisation inside a graph capture; and for the
-  tensor-core API (mma.h), an operand not rounded to TF32, a misaligned tile and a
-  partial warp. A check that never fires would make tests/test_cuda.py's passes under
+  that not every thread reaches; a full-mask shuffle in a partial warp; a block
+  larger than the kernel's __launch_bounds__; a read of device memory nothing wrote;
+  a synchronisation inside a graph capture; and for the tensor-core API (mma.h), an
+  operand not rounded to TF32, a misaligned tile and a partial warp. A check that never fires would make tests/test_cuda.py's passes under
   the emulator worthless.
 - precision="tf32" on a GPU without TF32 tensor cores (ALEXNET_C_EMU_CC below 80) is a
   RuntimeError that names the compute capability, and nothing else changes.
@@ -65,6 +65,11 @@ def test_missing_barrier_shows_in_either_thread_order(schedule):
     assert res.returncode == 0, res.stderr
     nan = int(res.stdout.split("nan ")[1].split()[0])
     assert nan >= 2 and "with barrier True" in res.stdout, res.stdout   # one per block at least
+
+
+def test_block_within_its_launch_bound_runs():
+    # The twin of the launch_bound fault below: 64 threads, the kernel's bound.
+    assert np.array_equal(selftest("launch_bound", 64), np.arange(64, dtype=np.float32))
 
 
 def test_fresh_device_memory_reads_as_nan():
@@ -189,6 +194,7 @@ print("cpu ok")
     ("barrier_after_return", 32, ("__syncthreads() after 1 of the block's 32 threads returned",
                                   "deadlock: 31 of 32 threads wait at __syncthreads()")),
     ("warp_sum", 48, ("full-mask shuffle in a warp of 16 threads",)),
+    ("launch_bound", 65, ("launched with 65 threads per block, above its __launch_bounds__ of 64",)),
 ])
 def test_kernel_fault_is_sticky_and_the_cpu_path_goes_on(name, n, whys):
     res = run_python(["-c", _FAULT_CHILD, name, str(n)])

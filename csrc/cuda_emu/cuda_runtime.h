@@ -16,7 +16,8 @@
  *   (both are uninitialised on a GPU); both are exactly-sized heap blocks, so ASan
  *   (ALEXNET_C_SANITIZE=1) reports an overrun of either;
  * - __syncthreads() that some threads of the block never reach, or reach after others
- *   exited, and full-mask shuffles in a partial warp, are kernel faults (sticky
+ *   exited, full-mask shuffles in a partial warp, and a block larger than the kernel's
+ *   __launch_bounds__ (which a GPU refuses to launch), are kernel faults (sticky
  *   cudaErrorLaunchFailure, message on stderr);
  * - threads run in index order between barriers (ALEXNET_C_EMU_SCHEDULE=reverse: in
  *   reverse order), so a missing barrier makes a thread read what its neighbours have
@@ -27,8 +28,9 @@
  *   synchronisation or cudaMalloc inside a graph capture invalidates it, a fault is
  *   sticky (every later call returns it), as with the real runtime.
  * What it cannot show: speed, occupancy, register or shared-memory limits of a real
- * GPU; races that the fiber order hides (it is no race detector: compute-sanitizer's
- * racecheck on a GPU is); anything the hardware does differently from its
+ * GPU (tests/test_cuda_build.py reads the last three from ptxas instead); races that
+ * the fiber order hides (it is no race detector: compute-sanitizer's racecheck on a
+ * GPU is); anything the hardware does differently from its
  * specification. Those need a GPU (benchmarks/gpu_check.sh).
  *
  * Knobs (environment, read once): ALEXNET_C_EMU_THREADS (OS threads for the blocks of
@@ -64,7 +66,9 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __launch_bounds__(...)
+/* setup.py rewrites `__launch_bounds__(n[, m]) kernel(...) {` into a check_launch_bound()
+ * call at the top of the kernel (below); one that it missed does not compile. */
+#define __launch_bounds__(...) acn_emu_launch_bounds_not_rewritten_by_setup_py
 #define __align__(n) __attribute__((aligned(n)))
 /* setup.py rewrites every `__shared__ T name[..];` into a block_shared() call (below);
  * one that it missed does not compile. */
@@ -226,6 +230,11 @@ constexpr size_t kWarpShareBytes = 64;
 const void *warp_share(const void *data, size_t bytes, const char *what);
 /* A kernel fault with this message, from kernel code (never returns). */
 void warp_fault(const char *what);
+/* The first statement of every kernel declared with __launch_bounds__(max_threads,
+ * min_blocks): a block of more than max_threads threads is a kernel fault. On a GPU
+ * such a launch fails (ptxas gave the kernel only the registers that many threads can
+ * have); without this check the emulator would run it. min_blocks only steers ptxas. */
+void check_launch_bound(long long max_threads, long long min_blocks = 0);
 
 /* One launch: runs body once per CUDA thread of every block (or records the launch
  * when the stream is capturing a graph). A bad configuration, no device or a sticky

@@ -655,6 +655,17 @@ const void *warp_share(const void *data, size_t bytes, const char *what) {
 
 void warp_fault(const char *what) { fault_in_fiber(current_runner(), what); }
 
+void check_launch_bound(long long max_threads, long long min_blocks) {
+    (void)min_blocks;
+    BlockRunner &r = current_runner();
+    const uint3 d = r.block.dim;
+    const long long threads = (long long)d.x * d.y * d.z;
+    if (threads > max_threads)
+        fault_in_fiber(r, "launched with " + std::to_string(threads) + " threads per block, above its "
+                          "__launch_bounds__ of " + std::to_string(max_threads) +
+                          " (a GPU refuses such a launch)");
+}
+
 cudaError_t occupancy(int *blocks, int block_threads, size_t dynamic_smem) {
     EMU_ENTER();
     if (!blocks || block_threads < 1 || block_threads > 1024 || dynamic_smem > 48 * 1024)

@@ -75,6 +75,12 @@ __global__ void wmma_kernel(float *out, int mistake) {
     wmma::store_matrix_sync(out, c, 16, wmma::mem_row_major);
 }
 
+/* out[t] = t, declared for at most 64 threads a block: a GPU refuses a launch of more
+ * (ptxas sized its registers for 64), so the emulator must fault on one. */
+__global__ void __launch_bounds__(64) launch_bound_kernel(float *out) {
+    out[threadIdx.x] = (float)threadIdx.x;
+}
+
 __global__ void copy_kernel(float *out, const float *inp, int n) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = inp[i];
@@ -100,6 +106,9 @@ acn_status run(const char *name, float *out_host, size_t n, cudaStream_t stream)
         if (mistake == kWmmaNone && strcmp(name, "wmma") && strcmp(name, "wmma_half_warp"))
             return cuda_fail_msg(ACN_EINVAL, "unknown self-test %s", name);
         wmma_kernel<<<1, !strcmp(name, "wmma_half_warp") ? 16u : 32u, 0, stream>>>(d_out, mistake);
+    } else if (!strcmp(name, "launch_bound")) {
+        if (n < 1 || n > 1024) return cuda_fail_msg(ACN_EINVAL, "launch_bound: n must be 1 to 1024");
+        launch_bound_kernel<<<1, (unsigned)n, 0, stream>>>(d_out);
     } else if (!strcmp(name, "fresh_memory")) {
         /* A copy of memory that nothing wrote. */
         ACN_TRY(mem.alloc(&d_in, n, "self-test input"));
