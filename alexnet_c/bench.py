@@ -9,7 +9,8 @@ batch 1, the roofline (conv FLOPs at the FMA peak + FC weight bytes at the read
 bandwidth); then a per-layer table of both libraries' ops (alexnet_c.conv2d etc. vs
 torch.nn.functional) and the "lightness" figures (peak RSS of a load-and-run job,
 import time, load time), each measured in fresh subprocesses. Everything also goes
-to a JSON file (benchmarks/results/cpu_latest.json by default) for later comparison.
+to a JSON file for later comparison (by default benchmarks/results/cpu_latest.json in a
+source checkout, else ~/.cache/alexnet_c/cpu_latest.json).
 
 Machine figures:
 - FMA peak: acn_measure_fma_peak, a C loop of 24 independent fp32 FMA chains on the
@@ -438,9 +439,21 @@ def _fmt_layers(rows: List[dict]) -> str:
     return "\n".join(lines)
 
 
+def _is_checkout(root: str) -> bool:
+    return (os.path.isfile(os.path.join(root, "benchmarks", "bench_cpu.py"))
+            and os.path.isfile(os.path.join(root, "alexnet_c", "bench.py")))
+
+
 def _default_json() -> str:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return os.path.join(root, "benchmarks", "results", "cpu_latest.json")
+    """benchmarks/results/cpu_latest.json of the alexnet_c source checkout at hand (the
+    one this module runs from when built in place, else the current directory when it
+    is one), else $XDG_CACHE_HOME/alexnet_c/cpu_latest.json: an installed package never
+    writes into site-packages."""
+    for root in (os.path.dirname(os.path.dirname(os.path.abspath(__file__))), os.getcwd()):
+        if _is_checkout(root):
+            return os.path.join(root, "benchmarks", "results", "cpu_latest.json")
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "alexnet_c", "cpu_latest.json")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -14,6 +14,7 @@ shared machine are noisy: read the ratio, not the absolute numbers.
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import statistics
 import sys
@@ -22,7 +23,9 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if glob.glob(os.path.join(ROOT, "alexnet_c", "_C.*")):   # built in place: this checkout's alexnet_c,
+    sys.path.insert(0, ROOT)                              # else the installed one (pip install .)
 
 
 def _cores() -> int:

@@ -33,6 +33,7 @@ benchmarks/results/gpu_latest.json. Timings are never assertions.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import re
@@ -45,7 +46,9 @@ from typing import Callable, Dict, List, Tuple
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+ROOT = os.path.dirname(HERE)
+if glob.glob(os.path.join(ROOT, "alexnet_c", "_C.*")):   # built in place: this checkout's alexnet_c,
+    sys.path.insert(0, ROOT)                              # else the installed one (pip install .)
 
 import alexnet_c as ac  # noqa: E402
 from alexnet_c import arch  # noqa: E402

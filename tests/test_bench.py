@@ -1,10 +1,16 @@
-"""The benchmark's per-stage table lines up with AlexNet.profile, stage for stage."""
+"""The benchmark's per-stage table lines up with AlexNet.profile, stage for stage; its
+results file never goes into an installed package; benchmarks/bench_cpu.py runs on
+whichever alexnet_c is built."""
+import json
+import os
+
 import numpy as np
 import pytest
 
 import alexnet_c as ac
 from alexnet_c import bench
 from _isa import winograd
+from _subproc import run_python
 
 pytest.importorskip("torch")
 
@@ -59,3 +65,48 @@ def test_winograd_layers_and_performed_flops():
     with winograd("auto"):
         assert bench.winograd_layers("torchvision", 224, 1) == []      # too few tiles to share
         assert bench.winograd_layers("original", 227, 64) == ["conv2", "conv3", "conv4", "conv5"]
+
+
+def _fake_checkout(root):
+    (root / "benchmarks").mkdir(parents=True)
+    (root / "benchmarks" / "bench_cpu.py").write_text("")
+    (root / "alexnet_c").mkdir()
+    (root / "alexnet_c" / "bench.py").write_text("")
+    return root
+
+
+def test_default_json_is_never_inside_an_installed_package(tmp_path, monkeypatch):
+    installed = tmp_path / "site-packages" / "alexnet_c"
+    installed.mkdir(parents=True)
+    monkeypatch.setattr(bench, "__file__", str(installed / "bench.py"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert bench._default_json() == str(tmp_path / "cache" / "alexnet_c" / "cpu_latest.json")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert bench._default_json() == str(tmp_path / "home" / ".cache" / "alexnet_c" / "cpu_latest.json")
+    # run from inside a checkout: that checkout's results folder, as README says
+    checkout = _fake_checkout(tmp_path / "checkout")
+    monkeypatch.chdir(checkout)
+    assert bench._default_json() == str(checkout / "benchmarks" / "results" / "cpu_latest.json")
+
+
+def test_default_json_of_an_in_place_build_is_its_checkout(tmp_path, monkeypatch):
+    checkout = _fake_checkout(tmp_path / "checkout")
+    monkeypatch.setattr(bench, "__file__", str(checkout / "alexnet_c" / "bench.py"))
+    monkeypatch.chdir(tmp_path)
+    assert bench._default_json() == str(checkout / "benchmarks" / "results" / "cpu_latest.json")
+
+
+def test_bench_cpu_script_runs_with_whichever_alexnet_c_is_built(tmp_path):
+    # After `pip install .` the checkout's alexnet_c/ has no _C: the script must then use
+    # the installed package (it used to put the checkout first, and failed to import).
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "bench_cpu.py")
+    out = tmp_path / "r.json"
+    res = run_python([script, "--variants", "torchvision", "--batches", "1", "--reps", "1", "--no-layers",
+                      "--no-lightness", "--json", str(out)], timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    data = json.loads(out.read_text())
+    assert [(r["variant"], r["batch"]) for r in data["networks"]] == [("torchvision", 1)]
