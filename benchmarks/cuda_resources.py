@@ -161,12 +161,26 @@ def ptxas_report(text: str) -> dict[tuple[str, str], dict[str, int]]:
     return out
 
 
+def _unqualified(mangled: str) -> str:
+    """The kernel's own name out of an Itanium-mangled one (`_ZN3acn16gemm_tile_kernelI...`
+    -> `gemm_tile_kernel<I...>`): the last of the nested source names, with what follows
+    it (the template arguments, still mangled) kept so that instantiations stay apart."""
+    if not re.match(r"_ZN\d", mangled):
+        return mangled
+    pos, name = 3, mangled
+    while pos < len(mangled) and mangled[pos].isdigit():
+        digits = re.match(r"\d+", mangled[pos:]).group(0)
+        start = pos + len(digits)
+        name, pos = mangled[start:start + int(digits)], start + int(digits)
+    return f"{name}<{mangled[pos:]}>" if mangled[pos:pos + 1] == "I" else name
+
+
 def short_names(mangled: list[str]) -> dict[str, str]:
-    """Demangled names without namespaces and parameter lists (mangled names where
-    c++filt is missing)."""
+    """Demangled names without namespaces and parameter lists (where c++filt is missing:
+    the unqualified name, template arguments left mangled)."""
     cxxfilt = shutil.which("c++filt")
     if not cxxfilt or not mangled:
-        return {m: m for m in mangled}
+        return {m: _unqualified(m) for m in mangled}
     lines = subprocess.run([cxxfilt], input="\n".join(mangled), capture_output=True, text=True,
                            check=True).stdout.splitlines()
     out = {}

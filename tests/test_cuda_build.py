@@ -175,3 +175,15 @@ def test_parsers_on_known_text():
     assert set(entries) == {"_Z1kv", "_Z1jv"}
     assert entries["_Z1kv"][:2] == (256, 2) and "fma.rn.f32" in entries["_Z1kv"][2]
     assert entries["_Z1jv"][:2] == (None, None) and "fma" not in entries["_Z1jv"][2]
+
+
+def test_kernel_names_without_cxxfilt(monkeypatch):
+    # c++filt comes with binutils; where it is missing the stems must still come out,
+    # and two instantiations of one template must stay two names.
+    monkeypatch.setattr(cuda_resources.shutil, "which", lambda name: None)
+    mangled = ["_ZN3acn16gemm_tile_kernelILi32ELi32ELi16ELi2ELi2ELNS_5BLoadE0EEEvNS_8GemmArgsE",
+               "_ZN3acn16gemm_tile_kernelILi32ELi32ELi16ELi2ELi2ELNS_5BLoadE1EEEvNS_8GemmArgsE",
+               "_ZN3acn46_GLOBAL__N__c283e578_13_activation_cu_2e1cd66811relu_kernelEPfPKfmm"]
+    names = cuda_resources.short_names(mangled)
+    assert [n.split("<")[0] for n in names.values()] == ["gemm_tile_kernel", "gemm_tile_kernel", "relu_kernel"]
+    assert len(set(names.values())) == 3
