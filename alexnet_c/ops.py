@@ -71,14 +71,24 @@ def _unbatched(x: np.ndarray, op: str) -> bool:
     return False
 
 
+def _only_default(op: str, name: str, value, default) -> None:
+    """torch.nn.functional's parameters that alexnet_c takes only at their default: they
+    keep their positions (a positional call means what it means in PyTorch), and any
+    other value is refused, never ignored."""
+    if value != default:
+        raise ValueError(f"{op}: {name}={value!r} is not supported (only {name}={default!r})")
+
+
 def conv2d(input, weight, bias=None, stride: IntOrPair = 1, padding: Union[IntOrPair, str] = 0,
-           groups: int = 1, *, device: str = "cpu", precision: str = "float32",
+           dilation: IntOrPair = 1, groups: int = 1, *, device: str = "cpu", precision: str = "float32",
            _naive: bool = False) -> np.ndarray:
-    """2-D convolution: input (N, C, H, W) or (C, H, W), weight (OC, C/groups, KH, KW).
+    """2-D convolution: input (N, C, H, W) or (C, H, W), weight (OC, C/groups, KH, KW);
+    F.conv2d's arguments in its order (dilation 1 only).
 
     precision='tf32' (device='cuda', compute capability 8.0+) multiplies on tensor cores
     with input and weight rounded to TF32; see README for its tolerance."""
     x, w = np.asarray(input), np.asarray(weight)
+    _only_default("conv2d", "dilation", _pair(dilation, "dilation"), (1, 1))
     sh, sw = _pair(stride, "stride")
     if isinstance(padding, str):
         if padding == "valid":
@@ -105,15 +115,21 @@ def conv2d(input, weight, bias=None, stride: IntOrPair = 1, padding: Union[IntOr
     return out[0] if single else out
 
 
-def relu(input, *, device: str = "cpu") -> np.ndarray:
-    """max(0, x) elementwise; NaN stays NaN."""
+def relu(input, inplace: bool = False, *, device: str = "cpu") -> np.ndarray:
+    """max(0, x) elementwise; NaN stays NaN. inplace=True is refused: an input array is
+    never modified (use the returned one)."""
+    _only_default("relu", "inplace", inplace, False)
     return _C.relu(input, device_code(device))
 
 
 def max_pool2d(input, kernel_size: IntOrPair, stride: Optional[IntOrPair] = None,
-               padding: IntOrPair = 0, ceil_mode: bool = False, *, device: str = "cpu") -> np.ndarray:
-    """Max pooling; padding counts as -inf and NaN propagates, as in PyTorch."""
+               padding: IntOrPair = 0, dilation: IntOrPair = 1, ceil_mode: bool = False,
+               return_indices: bool = False, *, device: str = "cpu") -> np.ndarray:
+    """Max pooling; padding counts as -inf and NaN propagates, as in PyTorch. F.max_pool2d's
+    arguments in its order (dilation 1 and return_indices=False only)."""
     x = np.asarray(input)
+    _only_default("max_pool2d", "dilation", _pair(dilation, "dilation"), (1, 1))
+    _only_default("max_pool2d", "return_indices", return_indices, False)
     kh, kw = _pair(kernel_size, "kernel_size")
     sh, sw = (kh, kw) if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) \
         else _pair(stride, "stride")

@@ -34,7 +34,7 @@ static PyArrayObject *as_real_array(PyObject *obj, const char *op, const char *n
     }
     const char kind = PyArray_DESCR(any)->kind;
     if (kind != 'b' && kind != 'i' && kind != 'u' && kind != 'f') {
-        PyErr_Format(PyExc_TypeError, "%s: %s must be a real-valued array (bool, int or float), got dtype %R",
+        PyErr_Format(PyExc_TypeError, "%s: %s must be a real-valued array (bool, int or float), got dtype %S",
                      op, name, (PyObject *)PyArray_DESCR(any));
         Py_DECREF(any);
         return NULL;
@@ -739,8 +739,8 @@ static PyObject *net_forward_impl(NetObject *self, PyObject *x_obj, double *seco
     int FH, FW;
     net_feature_size(self->variant, H, W, &FH, &FW);
     if (self->variant == ACN_VARIANT_ORIGINAL && (FH != 6 || FW != 6)) {
-        shape_error("original AlexNet: expected 227x227 input, (N, 3, 227, 227) (any size from 227 to 230 "
-                    "gives its 6x6 last feature map)", "input", x);
+        shape_error("original AlexNet: expected 227x227 input, (N, 3, 227, 227) (any H and W from 227 to 258 "
+                    "give its 6x6 last feature map)", "input", x);
         goto fail;
     }
     if (FH < 1 || FW < 1) {

@@ -58,6 +58,12 @@ def test_returns_fresh_float32_arrays(rng):
     (lambda: ac.adaptive_avg_pool2d(np.zeros((1, 1, 8, 8)), -1), "output_size >= (0, 0)"),
     (lambda: ac.linear(np.zeros((2, 5)), np.zeros((3, 4))), "last dimension 4"),
     (lambda: ac.linear(np.zeros((2, 4)), np.zeros((3, 4)), np.zeros(2)), "bias of shape (3,)"),
+    # torch.nn.functional's parameters that are taken at their defaults only
+    (lambda: ac.conv2d(np.zeros((1, 3, 9, 9)), np.zeros((2, 3, 3, 3)), None, 1, 0, 2),
+     "conv2d: dilation=(2, 2) is not supported (only dilation=(1, 1))"),
+    (lambda: ac.max_pool2d(np.zeros((1, 1, 8, 8)), 3, 2, 0, (1, 2)), "max_pool2d: dilation=(1, 2)"),
+    (lambda: ac.max_pool2d(np.zeros((1, 1, 8, 8)), 3, return_indices=True), "return_indices=True"),
+    (lambda: ac.relu(np.zeros(3), True), "relu: inplace=True is not supported"),
 ])
 def test_bad_shapes_raise_value_error_naming_shapes(call, needle):
     with pytest.raises(ValueError) as info:
@@ -66,8 +72,13 @@ def test_bad_shapes_raise_value_error_naming_shapes(call, needle):
 
 
 def test_bad_types_raise_type_error():
-    with pytest.raises(TypeError, match="real-valued"):
-        ac.relu(np.zeros(3, dtype=complex))
+    # A bool in dilation's place is a ceil_mode given by position, as alexnet_c's
+    # max_pool2d once took it: refused, never read as dilation 1.
+    with pytest.raises(TypeError, match="dilation must be an int, got bool"):
+        ac.max_pool2d(np.zeros((1, 1, 8, 8)), 3, 2, 0, True)
+    with pytest.raises(TypeError, match="real-valued") as info:
+        ac.relu(np.zeros(3, dtype=np.complex64))
+    assert str(info.value).endswith("got dtype complex64")
     with pytest.raises(TypeError, match="real-valued"):
         ac.relu(np.array(["a", "b"]))
     with pytest.raises(TypeError):
@@ -91,6 +102,11 @@ def test_model_input_checks():
     with pytest.raises(ValueError, match="227x227"):
         orig(np.zeros((1, 3, 224, 224), np.float32))
     assert orig(np.zeros((2, 3, 227, 227), np.float32)).shape == (2, 3)
+    # the range the message states is the range that works, as in torch: 227-258 each way
+    assert orig(np.zeros((1, 3, 258, 227), np.float32)).shape == (1, 3)
+    for bad in [(226, 227), (227, 259)]:
+        with pytest.raises(ValueError, match="any H and W from 227 to 258"):
+            orig(np.zeros((1, 3) + bad, np.float32))
     assert tv(np.zeros((0, 3, 224, 224), np.float32)).shape == (0, 3)
     with pytest.raises(ValueError, match="variant"):
         ac.AlexNet(variant="resnet")

@@ -93,7 +93,7 @@ def test_conv2d(rng, name, xs, ws, stride, padding, groups, bias):
     x = randn(rng, *xs)
     w = randn(rng, *ws, scale=(2.0 / np.prod(ws[1:])) ** 0.5)
     b = randn(rng, ws[0], scale=0.1) if bias else None
-    ours = ac.conv2d(x, w, b, stride, padding, groups, device="cuda")
+    ours = ac.conv2d(x, w, b, stride, padding, groups=groups, device="cuda")
     ref = F.conv2d(t64(x), t64(w), t64(b), stride, padding, 1, groups)
     assert_close(ours, ref, name)
 
@@ -106,7 +106,7 @@ def test_conv2d(rng, name, xs, ws, stride, padding, groups, bias):
 ])
 def test_max_pool2d(rng, xs, k, s, p, ceil):
     x = randn(rng, *xs)
-    ours = ac.max_pool2d(x, k, s, p, ceil, device="cuda")
+    ours = ac.max_pool2d(x, k, s, p, ceil_mode=ceil, device="cuda")
     assert_close(ours, F.max_pool2d(t64(x), k, s, p, ceil_mode=ceil), f"max_pool2d {xs} k{k}")
 
 
@@ -330,7 +330,7 @@ for xs, ws, s, p, g in convs:
     x = rng.standard_normal(xs).astype(np.float32)
     w = (rng.standard_normal(ws) * 0.1).astype(np.float32)
     b = rng.standard_normal(ws[0]).astype(np.float32)
-    check(ac.conv2d(x, w, b, s, p, g, device="cuda", precision=precision),
+    check(ac.conv2d(x, w, b, s, p, groups=g, device="cuda", precision=precision),
           F.conv2d(t(x), t(w), t(b), s, p, 1, g), xs)
 for n, i, o in [(40, 300, 70), (130, 64, 129)]:
     x = rng.standard_normal((n, i)).astype(np.float32)
@@ -358,7 +358,7 @@ def test_conv2d_tf32(rng, name, xs, ws, stride, padding, groups, bias):
     x = randn(rng, *xs)
     w = randn(rng, *ws, scale=(2.0 / np.prod(ws[1:])) ** 0.5)
     b = randn(rng, ws[0], scale=0.1) if bias else None
-    ours = ac.conv2d(x, w, b, stride, padding, groups, device="cuda", precision="tf32")
+    ours = ac.conv2d(x, w, b, stride, padding, groups=groups, device="cuda", precision="tf32")
     ref = F.conv2d(t64(x), t64(w), t64(b), stride, padding, 1, groups)
     assert_close(ours, ref, name, tol=TF32_TOL)
 

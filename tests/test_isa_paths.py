@@ -50,9 +50,9 @@ def test_conv2d(isa, threads, case):
     x, w, b = rand(rng, N, C, H, W), rand(rng, OC, C // g, K, K), rand(rng, OC)
     ref = F.conv2d(torch.from_numpy(x).double(), torch.from_numpy(w).double(),
                    torch.from_numpy(b).double(), s, p, 1, g).numpy()
-    ours = ac.conv2d(x, w, b, s, p, g)
+    ours = ac.conv2d(x, w, b, s, p, groups=g)
     close(ours, ref, f"conv2d {isa}")
-    naive = ac.conv2d(x, w, b, s, p, g, _naive=True)
+    naive = ac.conv2d(x, w, b, s, p, groups=g, _naive=True)
     close(naive, ref, "conv2d naive")
     close(ours, naive.astype(np.float64), f"conv2d {isa} vs naive")
 

@@ -113,3 +113,22 @@ def test_softmax_stable_for_large_inputs(fn, tfn):
     out = fn(x, dim=1)
     assert np.isfinite(out).all()
     assert max_rel_err(out, tfn(t64(x), dim=1)) <= TOL
+
+
+def test_positional_arguments_mean_what_they_mean_in_torch(rng):
+    # F.conv2d(input, weight, bias, stride, padding, dilation, groups) and
+    # F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode): the same
+    # call, positionally, gives the same result.
+    x = rng.standard_normal((2, 4, 9, 10)).astype(np.float32)
+    w = rng.standard_normal((6, 2, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(6).astype(np.float32)
+    ref = F.conv2d(t64(x), t64(w), t64(b), 1, 1, 1, 2).numpy()
+    assert max_rel_err(ac.conv2d(x, w, b, 1, 1, 1, 2), ref) <= TOL
+    for args in [(3, 2, 0, 1), (3, 2, 0, 1, True), (3, 2, 1, 1, False), (2, None, 0, 1, True)]:
+        ref = F.max_pool2d(t64(x), *args).numpy()
+        ours = ac.max_pool2d(x, *args)
+        assert ours.shape == ref.shape, args
+        assert max_rel_err(ours, ref) <= TOL
+    assert np.array_equal(ac.relu(x, False), np.maximum(x, 0))
+    assert ac.max_pool2d(x, 3, dilation=1, return_indices=False).shape == (2, 4, 3, 3)
+
