@@ -14,6 +14,7 @@ while running (a CUDA error, memory running out) prints one line and exits with 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import sys
@@ -84,12 +85,26 @@ class _Layout:
         self.variant, self.num_classes, self.device = variant, num_classes, "cpu"
 
 
+def _finds_an_image(src: str) -> bool:
+    """Whether a folder holds an image file (at any depth) or a glob matches a file: the
+    first one found is enough. A plain file is taken as it is."""
+    from .images import IMAGE_EXTENSIONS
+    if os.path.isdir(src):
+        return any(os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
+                   for _, _, files in os.walk(src) for f in files)
+    if os.path.exists(src):
+        return True
+    return any(not os.path.isdir(p) for p in glob.iglob(src, recursive=True))
+
+
 def cmd_predict(args) -> int:
     from .images import iter_predict
     for src in args.images:
         remote = "://" in src and (args.scheduler or args.out)
         if not (remote or os.path.exists(src) or any(ch in src for ch in "*?[")):
             raise UsageError(f"image not found: {src}")
+        if not remote and not _finds_an_image(src):
+            raise UsageError(f"no images in folder {src}" if os.path.isdir(src) else f"no file matches {src}")
     if args.scheduler or args.out:
         if args.device != "cpu" or args.precision != "float32":
             raise UsageError("--scheduler/--out score on the Dask workers' CPUs: "
@@ -140,7 +155,7 @@ def cmd_check(args) -> int:
     _check_device(args.device, args.precision)
     torch.manual_seed(0)
     ref_model = torch_alexnet(args.variant, args.num_classes)
-    size = (args.size or 224) if args.variant == "torchvision" else 227
+    size = args.size or (224 if args.variant == "torchvision" else 227)
     with torch.no_grad():
         for m in ref_model.modules():
             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
@@ -271,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("check", help="parity with torchvision on a seeded model (needs torch)")
     s.add_argument("--variant", choices=variants, default="torchvision")
     s.add_argument("--batch", type=_positive, default=2)
-    s.add_argument("--size", type=_positive, default=None, help="input H = W (torchvision only, >= 63)")
+    s.add_argument("--size", type=_positive, default=None, help="input H = W (default 224 torchvision, 227 original; at least 63 torchvision, 227 to 258 original)")
     s.add_argument("--num-classes", type=_positive, default=1000)
     _add_device_arguments(s)
     s.set_defaults(func=cmd_check)

@@ -128,6 +128,26 @@ def test_convert_roundtrip(tmp_path, weights_file, suffix):
     assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def test_predict_refuses_an_empty_folder_or_glob(tmp_path):
+    # Refused before the weights are read (the file named here does not exist).
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no image here")
+    for src, needle in [("empty", "no images in folder empty"), ("notes", "no images in folder notes"),
+                        ("nothing/*.jpg", "no file matches nothing/*.jpg")]:
+        res = run_python(CLI + ["predict", src, "--weights", "missing.pth"], cwd=str(tmp_path))
+        assert res.returncode == 2, res.stdout + res.stderr
+        assert needle in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_check_original_takes_its_sizes():
+    res = run_python(CLI + ["check", "--variant", "original", "--batch", "1", "--size", "240"], timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "input (1, 3, 240, 240)" in res.stdout and "PASS" in res.stdout
+    res = run_python(CLI + ["check", "--variant", "original", "--size", "300"], timeout=600)
+    assert res.returncode == 2 and "any H and W from 227 to 258" in res.stderr, res.stdout + res.stderr
+
+
 def test_check_passes():
     res = run_python(CLI + ["check", "--batch", "1", "--size", "96"], timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
