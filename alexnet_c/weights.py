@@ -21,6 +21,7 @@ import mmap
 import os
 import re
 import secrets
+import stat
 import struct
 import zipfile
 import zlib
@@ -1470,7 +1471,14 @@ def _write_npz(arrays: Dict[str, np.ndarray], fh: Any) -> None:
 def _write_safetensors(arrays: Dict[str, np.ndarray], tmp: str) -> None:
     from safetensors.numpy import save_file
 
+    # safetensors makes its file 0600 whatever the umask: the mode a plain open() gives
+    # (as the .pth and .npz files get) is put back, so that a file meant for others (a
+    # shared folder, Dask workers running as another user) stays readable to them.
+    with open(tmp, "xb"):
+        pass
+    mode = stat.S_IMODE(os.stat(tmp).st_mode)
     save_file(arrays, tmp)
+    os.chmod(tmp, mode)
 
 
 def write_state_dict(state_dict: Mapping[str, Any], path: "os.PathLike[str] | str") -> None:
@@ -1494,9 +1502,12 @@ def write_state_dict(state_dict: Mapping[str, Any], path: "os.PathLike[str] | st
             with open(tmp, "xb") as fh:
                 (_write_npz if suffix == ".npz" else _write_torch_zip)(arrays, fh)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError) and exc.filename == tmp:
+            # The temporary name is ours: the error names the path the caller gave.
+            raise type(exc)(exc.errno, exc.strerror, path) from None
         raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import sys
 import time
 from pathlib import Path
@@ -360,6 +361,28 @@ def test_write_rejects_bad_input(tmp_path):
     with pytest.raises(TypeError):
         write_state_dict([("a", np.ones(2))], tmp_path / "x.pth")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors", ".npz"])
+def test_written_file_mode_follows_the_umask(suffix, tmp_path):
+    # 0666 less the umask, as open() makes files, in every format (safetensors itself
+    # writes 0600, which a Dask worker running as another user could not read).
+    old = os.umask(0o022)
+    try:
+        write_state_dict({"a": np.ones(2)}, tmp_path / f"x{suffix}")
+        os.umask(0o077)
+        write_state_dict({"a": np.ones(2)}, tmp_path / f"private{suffix}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / f"x{suffix}").st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(tmp_path / f"private{suffix}").st_mode) == 0o600
+
+
+def test_write_into_a_missing_folder_names_the_given_path(tmp_path):
+    target = tmp_path / "no such folder" / "x.npz"
+    with pytest.raises(FileNotFoundError) as info:
+        write_state_dict({"a": np.ones(2)}, target)
+    assert info.value.filename == str(target) and ".tmp" not in str(info.value)
 
 
 def test_write_replaces_existing_file(tmp_path):
