@@ -90,19 +90,26 @@ def _features_layers(variant: str) -> List[Tuple[str, Optional[arch.Conv]]]:
 
 
 def _layer_index(variant: str, layer: Union[int, str]) -> int:
-    """An int index into `features`, or "conv1".."conv5", or "features.<i>"."""
+    """An int index into `features`, or "conv1".."conv5", or the max-pools after conv1,
+    conv2 and conv5 by AlexNet.profile's names ("pool1", "pool2", "pool5"), or
+    "features.<i>"."""
     n = len(_features_layers(variant))
     conv_indices = arch.spec(variant).conv_indices
+    pools = {f"pool{k + 1}": conv_indices[k] + 2
+             for k, c in enumerate(arch.spec(variant).convs) if c.pool_after}
     if isinstance(layer, str):
         name = layer.strip().lower()
         k = name[4:]
         if name.startswith("conv") and k.isdigit() and 1 <= int(k) <= len(conv_indices):
             return conv_indices[int(k) - 1]
+        if name in pools:
+            return pools[name]
         if name.startswith("features.") and name[9:].isdigit():
             layer = int(name[9:])
         else:
             raise ValueError(f"layer must be an index into features (0..{n - 1}), "
-                             f"'conv1'..'conv{len(conv_indices)}' or 'features.<i>', got {layer!r}")
+                             f"'conv1'..'conv{len(conv_indices)}', {', '.join(map(repr, pools))} "
+                             f"or 'features.<i>', got {layer!r}")
     if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
         raise TypeError(f"layer must be an int or str, got {type(layer).__name__}")
     if not 0 <= layer < n:

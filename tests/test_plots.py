@@ -86,12 +86,12 @@ def test_plot_filters_constant_filter_and_figure():
     assert fig.__class__.__name__ == "Figure"
 
 
-@pytest.mark.parametrize("layer", [0, 3, 5, "conv5", "features.12"])
+@pytest.mark.parametrize("layer", [0, 3, 5, "conv5", "features.12", "pool1", "pool5"])
 def test_feature_maps_match_torch(ops, layer):
     m = stand_in()
     x = np.random.default_rng(0).standard_normal((3, 100, 120)).astype(np.float32)
     maps = plots.feature_maps(m, x, layer)
-    idx = {"conv5": 10, "features.12": 12}.get(layer, layer)
+    idx = {"conv5": 10, "features.12": 12, "pool1": 2, "pool5": 12}.get(layer, layer)
     with torch.no_grad():
         ref = m.net.features[:idx + 1](_t(x)[None])[0].numpy()
     assert maps.shape == ref.shape
@@ -107,7 +107,7 @@ def test_plot_feature_maps_png(ops, tmp_path):
     assert_png(out)
 
 
-@pytest.mark.parametrize("layer,exc", [(13, ValueError), (-1, ValueError), ("conv6", ValueError),
+@pytest.mark.parametrize("layer,exc", [(13, ValueError), (-1, ValueError), ("conv6", ValueError), ("pool3", ValueError),
                                        ("fc1", ValueError), (1.5, TypeError)])
 def test_bad_layer(layer, exc):
     with pytest.raises(exc):
