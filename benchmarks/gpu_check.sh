@@ -81,7 +81,7 @@ import alexnet_c as ac
 rng = np.random.default_rng(0)
 f = lambda *s: rng.standard_normal(s).astype(np.float32)
 ac.conv2d(f(1, 3, 19, 21), f(8, 3, 5, 5), f(8), 2, 1, device="cuda")                # small tile
-ac.conv2d(f(2, 16, 13, 13), f(64, 8, 3, 3), f(64), 1, 1, 2, device="cuda")          # groups
+ac.conv2d(f(2, 16, 13, 13), f(64, 8, 3, 3), f(64), 1, 1, groups=2, device="cuda")   # groups
 ac.conv2d(f(32, 64, 13, 13), f(192, 64, 3, 3), None, 1, 1, device="cuda")          # bigger tiles
 for n in (1, 3, 8, 12, 40):
     ac.linear(f(n, 68), f(33, 68), f(33), device="cuda")
