@@ -286,7 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("check", help="parity with torchvision on a seeded model (needs torch)")
     s.add_argument("--variant", choices=variants, default="torchvision")
     s.add_argument("--batch", type=_positive, default=2)
-    s.add_argument("--size", type=_positive, default=None, help="input H = W (default 224 torchvision, 227 original; at least 63 torchvision, 227 to 258 original)")
+    s.add_argument("--size", type=_positive, default=None,
+                   help="input H = W (default 224 torchvision, 227 original; at least 63 torchvision, "
+                        "227 to 258 original)")
     s.add_argument("--num-classes", type=_positive, default=1000)
     _add_device_arguments(s)
     s.set_defaults(func=cmd_check)
