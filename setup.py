@@ -190,7 +190,7 @@ def cuda_archs():
 def nvcc_command(nvcc, src, obj, archs):
     """The nvcc command of one csrc/cuda object: SASS for each SM version in archs, and PTX
     for the last (newer GPUs JIT it). benchmarks/cuda_resources.py runs this very command
-    with --resource-usage --keep (tests/test_cuda_build.py through it), so the registers,
+    with --resource-usage --keep (tests/test_nvcc_build.py through it), so the registers,
     spills and instructions it checks are those of the build."""
     gencode = []
     for a in archs:

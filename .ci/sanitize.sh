@@ -104,10 +104,10 @@ fi
 # TF32 cases run at smaller sizes (the emulated tensor-core API is ~4x slower than the
 # float32 kernels). And benchmarks/bench_gpu.py run end to end on a stand-in for torch's
 # CUDA (some 40 emulated forwards: a test of the script's logic, whose kernels are all run
-# above). .ci/emulated_cuda.sh runs them all. tests/test_cuda_build.py is left out: it
+# above). .ci/emulated_cuda.sh runs them all. tests/test_nvcc_build.py is left out: it
 # runs nvcc and reads its output, none of the sanitized code (the main pytest runs it).
 DEFAULT_TESTS=(tests --ignore=tests/test_distributed.py --ignore=tests/test_plots.py
-               --ignore=tests/test_cuda_build.py
+               --ignore=tests/test_nvcc_build.py
                --deselect tests/test_resources.py::test_big_op_call_does_not_keep_its_memory
                --deselect "tests/test_cuda.py::test_model_parity[original-N3-227x227]"
                --deselect "tests/test_cuda.py::test_model_parity[torchvision-N3-256x320]"

@@ -10,7 +10,7 @@ plus `--resource-usage --keep`, and reads for every kernel and SM version:
   - the PTX: the launch bound (.maxntid, .minnctapersm) and the instructions;
 and works out the resident blocks per multiprocessor those allow (the occupancy
 calculator's rules, for a block of the launch bound's size). Needs nvcc, no GPU.
-tests/test_cuda_build.py asserts on what it finds.
+tests/test_nvcc_build.py asserts on what it finds.
 
 usage: python benchmarks/cuda_resources.py [--archs "75;90"] [--json out.json]
 """
@@ -90,7 +90,10 @@ class Kernel:
         warps = -(-self.max_threads // 32)
         by_warps = limits.max_warps // warps
         per_warp = _round_up(max(self.registers, 1) * 32, limits.register_unit)
-        by_registers = (limits.registers // per_warp) // warps
+        # The register file is split over the SM's 4 sub-partitions: the warps that fit
+        # come in multiples of 4 (a block's warps are spread over the four).
+        warps_by_registers = (limits.registers // 4 // per_warp) * 4
+        by_registers = warps_by_registers // warps
         per_block = _round_up(self.shared_bytes, limits.shared_unit) + limits.reserved_per_block
         by_shared = limits.shared_bytes // per_block if self.shared_bytes else limits.max_blocks
         return min(limits.max_blocks, by_warps, by_registers, by_shared)
@@ -108,10 +111,12 @@ class Report:
     kernels: list[Kernel]
     warnings: list[str]       # every line of nvcc's output that says "warning"
     nvcc_version: str
+    ptx: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)   # (source, SM) -> PTX
 
 
 _ENTRY = re.compile(r"^\s*(?:\.visible\s+|\.weak\s+)?\.entry\s+([\w$]+)\s*\(", re.M)
 _COMPILING = re.compile(r"Compiling entry function '([^']+)' for 'sm_(\w+)'")
+_PROPERTIES = re.compile(r"Function properties for ([\w$.]+)")
 _FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 _USED = re.compile(r"Used (\d+) registers(.*)")
 
@@ -139,17 +144,27 @@ def ptxas_report(text: str) -> dict[tuple[str, str], dict[str, int]]:
     nvcc --resource-usage's output."""
     out: dict[tuple[str, str], dict[str, int]] = {}
     current = None
+    properties_of = None   # the function whose "Function properties" lines follow
     for line in text.splitlines():
         m = _COMPILING.search(line)
         if m:
             current = (m.group(1), m.group(2))
             out[current] = {"registers": 0, "shared_bytes": 0, "spill_stores": 0, "spill_loads": 0,
                             "stack_bytes": 0}
+            properties_of = None
+            continue
+        m = _PROPERTIES.search(line)
+        if m:
+            properties_of = m.group(1)
             continue
         if current is None:
             continue
         m = _FRAME.search(line)
         if m:
+            # A called (not inlined) function's frame is reported under its own name,
+            # after the kernel's: only the kernel's own lines count for the kernel.
+            if properties_of != current[0]:
+                continue
             out[current].update(stack_bytes=int(m.group(1)), spill_stores=int(m.group(2)),
                                 spill_loads=int(m.group(3)))
             continue
@@ -165,6 +180,9 @@ def _unqualified(mangled: str) -> str:
     """The kernel's own name out of an Itanium-mangled one (`_ZN3acn16gemm_tile_kernelI...`
     -> `gemm_tile_kernel<I...>`): the last of the nested source names, with what follows
     it (the template arguments, still mangled) kept so that instantiations stay apart."""
+    m = re.match(r"_Z(\d+)", mangled)
+    if m:   # a name in the global namespace: _Z<length><name><parameters>
+        return mangled[m.end():m.end() + int(m.group(1))]
     if not re.match(r"_ZN\d", mangled):
         return mangled
     pos, name = 3, mangled
@@ -237,11 +255,12 @@ def collect(archs: list[str] | None = None, nvcc: str | None = None) -> Report:
         with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             results = list(pool.map(lambda s: compile_source(nvcc, setup.nvcc_command, s, archs, workdir),
                                     sources))
-    kernels, warnings, pending = [], [], []
+    kernels, warnings, pending, whole_ptx = [], [], [], {}
     for src, (output, ptx) in zip(sources, results):
         warnings += [f"{src}: {line}" for line in output.splitlines() if "warning" in line.lower()]
         usage = ptxas_report(output)
         for arch in archs:
+            whole_ptx[(os.path.basename(src), arch)] = ptx[arch]
             for mangled, (max_threads, min_blocks, body) in ptx_entries(ptx[arch]).items():
                 if (mangled, arch) not in usage:
                     raise RuntimeError(f"{src}: ptxas reported nothing for {mangled} on sm_{arch}")
@@ -252,13 +271,14 @@ def collect(archs: list[str] | None = None, nvcc: str | None = None) -> Report:
     for k in pending:
         k.name = names[k.mangled]
         kernels.append(k)
-    return Report(kernels=kernels, warnings=warnings, nvcc_version=f"nvcc {version.group(0)}" if version else "nvcc ?")
+    return Report(kernels=kernels, warnings=warnings, nvcc_version=f"nvcc {version.group(0)}" if version else "nvcc ?",
+                  ptx=whole_ptx)
 
 
 def table(report: Report) -> str:
     lines = [f"ptxas resource usage, {report.nvcc_version}; blocks/SM and occupancy for a block of the "
              "launch bound's size (theoretical: the occupancy calculator's rules)"]
-    for arch in sorted({k.arch for k in report.kernels}, key=int):
+    for arch in sorted({k.arch for k in report.kernels}, key=lambda a: (int(re.match(r"\d*", a).group() or 0), a)):
         lines.append(f"\nsm_{arch}")
         lines.append(f"  {'kernel':58} {'file':14} {'threads':>7} {'regs':>4} {'smem B':>7} "
                      f"{'spill st/ld':>11} {'stack':>5} {'blocks/SM':>9} {'occ':>5}")

@@ -17,8 +17,9 @@
  *   (ALEXNET_C_SANITIZE=1) reports an overrun of either;
  * - __syncthreads() that some threads of the block never reach, or reach after others
  *   exited, full-mask shuffles in a partial warp, and a block larger than the kernel's
- *   __launch_bounds__ (which a GPU refuses to launch), are kernel faults (sticky
- *   cudaErrorLaunchFailure, message on stderr);
+ *   __launch_bounds__, are kernel faults (sticky cudaErrorLaunchFailure, message on
+ *   stderr; for the last, stricter than a GPU, whose launch call refuses such a block
+ *   with an error that is not sticky);
  * - threads run in index order between barriers (ALEXNET_C_EMU_SCHEDULE=reverse: in
  *   reverse order), so a missing barrier makes a thread read what its neighbours have
  *   not written yet, in one order or the other;
@@ -28,7 +29,7 @@
  *   synchronisation or cudaMalloc inside a graph capture invalidates it, a fault is
  *   sticky (every later call returns it), as with the real runtime.
  * What it cannot show: speed, occupancy, register or shared-memory limits of a real
- * GPU (tests/test_cuda_build.py reads the last three from ptxas instead); races that
+ * GPU (tests/test_nvcc_build.py reads the last three from ptxas instead); races that
  * the fiber order hides (it is no race detector: compute-sanitizer's racecheck on a
  * GPU is); anything the hardware does differently from its
  * specification. Those need a GPU (benchmarks/gpu_check.sh).
