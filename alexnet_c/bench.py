@@ -10,7 +10,7 @@ bandwidth); then a per-layer table of both libraries' ops (alexnet_c.conv2d etc.
 torch.nn.functional) and the "lightness" figures (peak RSS of a load-and-run job,
 import time, load time), each measured in fresh subprocesses. Everything also goes
 to a JSON file for later comparison (by default benchmarks/results/cpu_latest.json in a
-source checkout, else ~/.cache/alexnet_c/cpu_latest.json).
+source checkout, else $XDG_CACHE_HOME/alexnet_c/cpu_latest.json, ~/.cache by default).
 
 Machine figures:
 - FMA peak: acn_measure_fma_peak, a C loop of 24 independent fp32 FMA chains on the
@@ -456,7 +456,7 @@ def _default_json() -> str:
     return os.path.join(cache, "alexnet_c", "cpu_latest.json")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Optional[Sequence[str]] = None, default_json: Optional[str] = None) -> int:
     p = argparse.ArgumentParser(prog="alexnet-c bench",
                                 description="alexnet_c vs PyTorch on the CPU, measured side by side")
     p.add_argument("--quick", action="store_true",
@@ -473,7 +473,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--no-lightness", action="store_true", help="skip RSS / import / load measurements")
     p.add_argument("--checkpoint", default=None, help="torchvision .pth for the lightness runs "
                                                         "(default: a fresh one in a temp dir)")
-    p.add_argument("--json", default=_default_json(), help="where to write the results ('' for nowhere)")
+    p.add_argument("--json", default=default_json or _default_json(),
+                   help="where to write the results ('' for nowhere)")
     p.add_argument("--plot", default=None, metavar="PNG", help="per-layer bar chart (needs matplotlib)")
     args = p.parse_args(argv)
 

@@ -14,7 +14,7 @@ shared machine are noisy: read the ratio, not the absolute numbers.
 from __future__ import annotations
 
 import argparse
-import glob
+import importlib.machinery
 import os
 import statistics
 import sys
@@ -24,8 +24,10 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if glob.glob(os.path.join(ROOT, "alexnet_c", "_C.*")):   # built in place: this checkout's alexnet_c,
-    sys.path.insert(0, ROOT)                              # else the installed one (pip install .)
+# Built in place (an extension module for this Python in alexnet_c/): this checkout's
+# alexnet_c; else the installed one (pip install .), which the checkout must not shadow.
+if any(os.path.exists(os.path.join(ROOT, "alexnet_c", "_C" + s)) for s in importlib.machinery.EXTENSION_SUFFIXES):
+    sys.path.insert(0, ROOT)
 
 
 def _cores() -> int:

@@ -33,7 +33,7 @@ benchmarks/results/gpu_latest.json. Timings are never assertions.
 from __future__ import annotations
 
 import argparse
-import glob
+import importlib.machinery
 import json
 import os
 import re
@@ -47,8 +47,10 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-if glob.glob(os.path.join(ROOT, "alexnet_c", "_C.*")):   # built in place: this checkout's alexnet_c,
-    sys.path.insert(0, ROOT)                              # else the installed one (pip install .)
+# Built in place (an extension module for this Python in alexnet_c/): this checkout's
+# alexnet_c; else the installed one (pip install .), which the checkout must not shadow.
+if any(os.path.exists(os.path.join(ROOT, "alexnet_c", "_C" + s)) for s in importlib.machinery.EXTENSION_SUFFIXES):
+    sys.path.insert(0, ROOT)
 
 import alexnet_c as ac  # noqa: E402
 from alexnet_c import arch  # noqa: E402
