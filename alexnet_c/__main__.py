@@ -14,7 +14,6 @@ while running (a CUDA error, memory running out) prints one line and exits with 
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import sys
@@ -86,15 +85,13 @@ class _Layout:
 
 
 def _finds_an_image(src: str) -> bool:
-    """Whether a folder holds an image file (at any depth) or a glob matches a file: the
-    first one found is enough. A plain file is taken as it is."""
-    from .images import IMAGE_EXTENSIONS
-    if os.path.isdir(src):
-        return any(os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
-                   for _, _, files in os.walk(src) for f in files)
-    if os.path.exists(src):
+    """Whether a folder holds an image file or a glob matches a file, by the rules
+    predict expands them with (the first one found is enough). A plain file is taken
+    as it is."""
+    from .images import _folder_images, _glob_files
+    if os.path.exists(src) and not os.path.isdir(src):
         return True
-    return any(not os.path.isdir(p) for p in glob.iglob(src, recursive=True))
+    return next(_folder_images(src) if os.path.isdir(src) else _glob_files(src), None) is not None
 
 
 def cmd_predict(args) -> int:

@@ -209,6 +209,20 @@ def predict(model: Any, x: Any, topk: int = 5) -> Union[Prediction, List[Predict
     return results[0] if single else results
 
 
+def _folder_images(folder: str) -> Iterator[str]:
+    """The image files under folder, at any depth, in sorted order, found lazily."""
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for f in sorted(files):
+            if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS:
+                yield os.path.join(root, f)
+
+
+def _glob_files(pattern: str) -> Iterator[str]:
+    """What a glob pattern matches, folders left out, found lazily (unsorted)."""
+    return (p for p in _glob.iglob(pattern, recursive=True) if not os.path.isdir(p))
+
+
 def _expand(source: Any) -> Union[List[str], Iterable[Any]]:
     """Paths from a folder (recursive, image extensions only, sorted), a glob pattern
     (sorted), one file, or an iterable of paths (kept lazy)."""
@@ -219,16 +233,11 @@ def _expand(source: Any) -> Union[List[str], Iterable[Any]]:
         return source
     s = os.fspath(source)
     if os.path.isdir(s):
-        found = []
-        for root, dirs, files in os.walk(s):
-            dirs.sort()
-            found += [os.path.join(root, f) for f in sorted(files)
-                      if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
-        return found
+        return list(_folder_images(s))
     if os.path.exists(s):
         return [s]
     if _glob.has_magic(s):
-        return sorted(p for p in _glob.glob(s, recursive=True) if not os.path.isdir(p))
+        return sorted(_glob_files(s))
     raise FileNotFoundError(f"no such file, folder or glob match: {s!r}")
 
 
