@@ -83,12 +83,12 @@ def conv2d(input, weight, bias=None, stride: IntOrPair = 1, padding: Union[IntOr
            dilation: IntOrPair = 1, groups: int = 1, *, device: str = "cpu", precision: str = "float32",
            _naive: bool = False) -> np.ndarray:
     """2-D convolution: input (N, C, H, W) or (C, H, W), weight (OC, C/groups, KH, KW);
-    F.conv2d's arguments in its order (dilation 1 only).
+    F.conv2d's arguments in its order.
 
     precision='tf32' (device='cuda', compute capability 8.0+) multiplies on tensor cores
     with input and weight rounded to TF32; see README for its tolerance."""
     x, w = np.asarray(input), np.asarray(weight)
-    _only_default("conv2d", "dilation", _pair(dilation, "dilation"), (1, 1))
+    dh, dw = _pair(dilation, "dilation")
     sh, sw = _pair(stride, "stride")
     if isinstance(padding, str):
         if padding == "valid":
@@ -99,10 +99,12 @@ def conv2d(input, weight, bias=None, stride: IntOrPair = 1, padding: Union[IntOr
                                  f"{(sh, sw)}")
             if w.ndim != 4:
                 raise ValueError(f"conv2d: expected weight of shape (OC, C/groups, KH, KW), got shape {w.shape}")
-            ph, pw = (w.shape[2] - 1) // 2, (w.shape[3] - 1) // 2
-            extra_h, extra_w = (w.shape[2] - 1) % 2, (w.shape[3] - 1) % 2
+            span_h, span_w = dh * (w.shape[2] - 1), dw * (w.shape[3] - 1)
+            ph, pw = span_h // 2, span_w // 2
+            extra_h, extra_w = span_h % 2, span_w % 2
             if extra_h or extra_w:
-                # An even kernel needs one more row/column after than before, as PyTorch pads it.
+                # An odd span (even kernel, odd dilation) needs one more row/column after
+                # than before, as PyTorch pads it.
                 pad = [(0, 0)] * (x.ndim - 2) + [(0, extra_h), (0, extra_w)]
                 x = np.pad(np.asarray(x, dtype=np.float32), pad)
         else:
@@ -110,7 +112,7 @@ def conv2d(input, weight, bias=None, stride: IntOrPair = 1, padding: Union[IntOr
     else:
         ph, pw = _pair(padding, "padding")
     single = _unbatched(x, "conv2d")
-    out = _C.conv2d(x[None] if single else x, w, bias, sh, sw, ph, pw, _int(groups, "groups"),
+    out = _C.conv2d(x[None] if single else x, w, bias, sh, sw, ph, pw, dh, dw, _int(groups, "groups"),
                     device_code(device), _naive, tf32_flag(precision))
     return out[0] if single else out
 
@@ -124,19 +126,26 @@ def relu(input, inplace: bool = False, *, device: str = "cpu") -> np.ndarray:
 
 def max_pool2d(input, kernel_size: IntOrPair, stride: Optional[IntOrPair] = None,
                padding: IntOrPair = 0, dilation: IntOrPair = 1, ceil_mode: bool = False,
-               return_indices: bool = False, *, device: str = "cpu") -> np.ndarray:
+               return_indices: bool = False, *, device: str = "cpu"
+               ) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
     """Max pooling; padding counts as -inf and NaN propagates, as in PyTorch. F.max_pool2d's
-    arguments in its order (dilation 1 and return_indices=False only)."""
+    arguments in its order.
+
+    return_indices=True returns (output, indices): int64, for each maximum its place
+    h * W + w in its input plane, the index PyTorch gives (the first of equal maxima,
+    the last NaN of a window)."""
     x = np.asarray(input)
-    _only_default("max_pool2d", "dilation", _pair(dilation, "dilation"), (1, 1))
-    _only_default("max_pool2d", "return_indices", return_indices, False)
+    dh, dw = _pair(dilation, "dilation")
     kh, kw = _pair(kernel_size, "kernel_size")
     sh, sw = (kh, kw) if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) \
         else _pair(stride, "stride")
     ph, pw = _pair(padding, "padding")
     single = _unbatched(x, "max_pool2d")
-    out = _C.max_pool2d(x[None] if single else x, kh, kw, sh, sw, ph, pw, bool(ceil_mode), device_code(device))
-    return out[0] if single else out
+    res = _C.max_pool2d(x[None] if single else x, kh, kw, sh, sw, ph, pw, dh, dw, bool(ceil_mode),
+                        bool(return_indices), device_code(device))
+    if not single:
+        return res
+    return (res[0][0], res[1][0]) if return_indices else res[0]
 
 
 def adaptive_avg_pool2d(input, output_size, *, device: str = "cpu") -> np.ndarray:

@@ -86,7 +86,10 @@ ac.conv2d(f(32, 64, 13, 13), f(192, 64, 3, 3), None, 1, 1, device="cuda")       
 for n in (1, 3, 8, 12, 40):
     ac.linear(f(n, 68), f(33, 68), f(33), device="cuda")
 ac.linear(f(5, 37), f(9, 37), None, device="cuda")
+ac.conv2d(f(2, 6, 19, 17), f(10, 6, 3, 3), f(10), 1, 2, 2, device="cuda")         # dilated loader
+ac.conv2d(f(2, 6, 19, 17), f(10, 6, 3, 3), f(10), 1, 2, 2, device="cuda", precision="tf32")
 ac.max_pool2d(f(2, 4, 13, 13), 3, 2, 1, device="cuda")
+ac.max_pool2d(f(2, 4, 13, 13), 3, 2, 1, 2, True, True, device="cuda")                # dilation, indices
 ac.adaptive_avg_pool2d(f(2, 4, 5, 7), 6, device="cuda")
 ac.relu(f(1027), device="cuda")
 ac.softmax(f(3, 1000), -1, device="cuda")

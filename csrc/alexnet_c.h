@@ -80,25 +80,31 @@ int sgemm_naive(float *C, ptrdiff_t ldc,
 
 /* ---- convolution (cpu/conv2d.c) -----------------------------------------
  * out (N,OC,OH,OW), inp (N,C,H,W), weight (OC,C/groups,KH,KW), bias (OC) or NULL.
- * OH = (H + 2*PH - KH)/SH + 1, OW likewise; the caller checks OH, OW >= 1.
+ * Tap (kh, kw) of output (oh, ow) reads input (oh*SH - PH + kh*DH, ow*SW - PW + kw*DW).
+ * OH = (H + 2*PH - DH*(KH-1) - 1)/SH + 1, OW likewise; the caller checks OH, OW >= 1.
  * work: conv2d_workspace_floats(...) floats, or NULL for the kernel to allocate.
  */
 size_t conv2d_workspace_floats(int C, int H, int W, int OC, int KH, int KW,
                                int SH, int SW, int PH, int PW, int groups);
 int conv2d_forward_cpu(float *out, const float *inp, const float *weight, const float *bias,
                        int N, int C, int H, int W, int OC, int KH, int KW,
-                       int SH, int SW, int PH, int PW, int groups, int relu, float *work);
+                       int SH, int SW, int PH, int PW, int DH, int DW, int groups, int relu, float *work);
 /* Direct 7-deep loop, the reference for conv2d_forward_cpu. */
 int conv2d_forward_naive(float *out, const float *inp, const float *weight, const float *bias,
                          int N, int C, int H, int W, int OC, int KH, int KW,
-                         int SH, int SW, int PH, int PW, int groups, int relu, float *work);
+                         int SH, int SW, int PH, int PW, int DH, int DW, int groups, int relu, float *work);
 
 /* ---- pooling (cpu/pool.c) -----------------------------------------------
- * out (N*C,OH,OW), inp (N*C,H,W). Padding counts as -inf; NaN propagates.
+ * out (N*C,OH,OW), indices (N*C,OH,OW) or NULL, inp (N*C,H,W). Padding counts as
+ * -inf; NaN propagates. Window (oh, ow) takes rows oh*SH - PH + kh*DH, kh < KH, and
+ * columns likewise. indices: where in its (H, W) plane each maximum is, as PyTorch
+ * reports it (h*W + w; the first of equal maxima, the last NaN; a window of -inf
+ * only gives its first tap inside the plane).
  * OH, OW are computed by the caller (PyTorch's ceil_mode rule lives there).
  */
-int max_pool2d_forward_cpu(float *out, const float *inp, int NC, int H, int W,
-                           int KH, int KW, int SH, int SW, int PH, int PW, int OH, int OW);
+int max_pool2d_forward_cpu(float *out, int64_t *indices, const float *inp, int NC, int H, int W,
+                           int KH, int KW, int SH, int SW, int PH, int PW, int DH, int DW,
+                           int OH, int OW);
 /* out (N*C,OH,OW), inp (N*C,H,W); window [floor(i*H/OH), ceil((i+1)*H/OH)). */
 int adaptive_avg_pool2d_forward_cpu(float *out, const float *inp, int NC, int H, int W,
                                     int OH, int OW);
@@ -178,9 +184,10 @@ int cuda_available(char *why, size_t why_len);   /* 1 usable, 0 not (why says) *
 const char *cuda_last_error(void);               /* thread-local text */
 int conv2d_host_cuda(float *out, const float *inp, const float *weight, const float *bias,
                      int N, int C, int H, int W, int OC, int KH, int KW,
-                     int SH, int SW, int PH, int PW, int groups, int relu, int tf32);
-int max_pool2d_host_cuda(float *out, const float *inp, int NC, int H, int W,
-                         int KH, int KW, int SH, int SW, int PH, int PW, int OH, int OW);
+                     int SH, int SW, int PH, int PW, int DH, int DW, int groups, int relu, int tf32);
+int max_pool2d_host_cuda(float *out, int64_t *indices, const float *inp, int NC, int H, int W,
+                         int KH, int KW, int SH, int SW, int PH, int PW, int DH, int DW,
+                         int OH, int OW);
 int adaptive_avg_pool2d_host_cuda(float *out, const float *inp, int NC, int H, int W,
                                   int OH, int OW);
 int linear_host_cuda(float *out, const float *inp, const float *weight, const float *bias,

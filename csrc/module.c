@@ -219,8 +219,8 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args)
 {
     (void)self;
     PyObject *x_obj, *w_obj, *b_obj;
-    int SH, SW, PH, PW, groups, device, naive, tf32 = 0;
-    if (!PyArg_ParseTuple(args, "OOOiiiiiip|p", &x_obj, &w_obj, &b_obj, &SH, &SW, &PH, &PW, &groups,
+    int SH, SW, PH, PW, DH, DW, groups, device, naive, tf32 = 0;
+    if (!PyArg_ParseTuple(args, "OOOiiiiiiiip|p", &x_obj, &w_obj, &b_obj, &SH, &SW, &PH, &PW, &DH, &DW, &groups,
                           &device, &naive, &tf32))
         return NULL;
     const char *op = "conv2d";
@@ -234,9 +234,10 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args)
     if (require_ndim(x, 4, op, "input", "(N, C, H, W)") || require_ndim(w, 4, op, "weight", "(OC, C/groups, KH, KW)")
         || dims_fit_int(x, op, "input") || dims_fit_int(w, op, "weight"))
         goto fail;
-    if (SH < 1 || SW < 1 || PH < 0 || PW < 0 || groups < 1) {
-        PyErr_Format(PyExc_ValueError, "conv2d: expected stride >= 1, padding >= 0 and groups >= 1, "
-                     "got stride (%d, %d), padding (%d, %d), groups %d", SH, SW, PH, PW, groups);
+    if (SH < 1 || SW < 1 || PH < 0 || PW < 0 || DH < 1 || DW < 1 || groups < 1) {
+        PyErr_Format(PyExc_ValueError, "conv2d: expected stride >= 1, padding >= 0, dilation >= 1 and "
+                     "groups >= 1, got stride (%d, %d), padding (%d, %d), dilation (%d, %d), groups %d",
+                     SH, SW, PH, PW, DH, DW, groups);
         goto fail;
     }
     const int N = (int)PyArray_DIM(x, 0), C = (int)PyArray_DIM(x, 1), H = (int)PyArray_DIM(x, 2),
@@ -265,10 +266,17 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args)
         shape_error(msg, "bias", b);
         goto fail;
     }
-    if ((long long)H + 2LL * PH < KH || (long long)W + 2LL * PW < KW) {
+    /* The span a dilated kernel covers: DH*(KH-1) + 1 rows. */
+    const long long EKH = (long long)DH * (KH - 1) + 1, EKW = (long long)DW * (KW - 1) + 1;
+    if ((long long)H + 2LL * PH < EKH || (long long)W + 2LL * PW < EKW) {
         char msg[240];
-        snprintf(msg, sizeof msg, "conv2d: kernel (%d, %d) is larger than the padded input (%lld, %lld)",
-                 KH, KW, (long long)H + 2LL * PH, (long long)W + 2LL * PW);
+        if (DH == 1 && DW == 1)
+            snprintf(msg, sizeof msg, "conv2d: kernel (%d, %d) is larger than the padded input (%lld, %lld)",
+                     KH, KW, (long long)H + 2LL * PH, (long long)W + 2LL * PW);
+        else
+            snprintf(msg, sizeof msg, "conv2d: kernel (%d, %d) with dilation (%d, %d) spans (%lld, %lld), more "
+                     "than the padded input (%lld, %lld)", KH, KW, DH, DW, EKH, EKW, (long long)H + 2LL * PH,
+                     (long long)W + 2LL * PW);
         shape_error(msg, "input", x);
         goto fail;
     }
@@ -276,7 +284,7 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "conv2d: padded input must stay below 2**31");
         goto fail;
     }
-    const int OH = (H + 2 * PH - KH) / SH + 1, OW = (W + 2 * PW - KW) / SW + 1;
+    const int OH = (int)((H + 2LL * PH - EKH) / SH + 1), OW = (int)((W + 2LL * PW - EKW) / SW + 1);
     if ((long long)OH * OW * N > INT_MAX) {
         PyErr_Format(PyExc_ValueError, "conv2d: expected at most 2**31-1 output pixels in the batch "
                      "(N*OH*OW), got %lld", (long long)OH * OW * N);
@@ -296,12 +304,12 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args)
 #ifdef ALEXNET_C_WITH_CUDA
         if (device == DEV_CUDA)
             st = conv2d_host_cuda((float *)PyArray_DATA(out), fdata(x), fdata(w), fdata(b), N, C, H, W, OC,
-                                  KH, KW, SH, SW, PH, PW, groups, 0, tf32);
+                                  KH, KW, SH, SW, PH, PW, DH, DW, groups, 0, tf32);
         else
 #endif
             st = (naive ? conv2d_forward_naive : conv2d_forward_cpu)(
                 (float *)PyArray_DATA(out), fdata(x), fdata(w), fdata(b), N, C, H, W, OC, KH, KW, SH, SW, PH,
-                PW, groups, 0, NULL);
+                PW, DH, DW, groups, 0, NULL);
         Py_END_ALLOW_THREADS
         if (st != ACN_OK) {
             (device == DEV_CUDA ? raise_cuda_status : raise_status)(st, op);
@@ -360,9 +368,9 @@ static long long floor_div(long long a, long long b) { return a >= 0 ? a / b : -
 
 /* PyTorch's pooling output size, ceil_mode's last window must start inside
  * the input or the left padding. */
-static long long pool_out_size(long long in, int k, int s, int p, int ceil_mode)
+static long long pool_out_size(long long in, int k, int s, int p, int d, int ceil_mode)
 {
-    long long out = floor_div(in + 2LL * p - (k - 1) - 1 + (ceil_mode ? s - 1 : 0), s) + 1;
+    long long out = floor_div(in + 2LL * p - (long long)d * (k - 1) - 1 + (ceil_mode ? s - 1 : 0), s) + 1;
     if (ceil_mode && (out - 1) * s >= in + p)
         out--;
     return out;
@@ -372,23 +380,32 @@ static PyObject *py_max_pool2d(PyObject *self, PyObject *args)
 {
     (void)self;
     PyObject *x_obj;
-    int KH, KW, SH, SW, PH, PW, ceil_mode, device;
-    if (!PyArg_ParseTuple(args, "Oiiiiiipi", &x_obj, &KH, &KW, &SH, &SW, &PH, &PW, &ceil_mode, &device))
+    int KH, KW, SH, SW, PH, PW, DH, DW, ceil_mode, with_indices, device;
+    if (!PyArg_ParseTuple(args, "Oiiiiiiiippi", &x_obj, &KH, &KW, &SH, &SW, &PH, &PW, &DH, &DW, &ceil_mode,
+                          &with_indices, &device))
         return NULL;
     const char *op = "max_pool2d";
-    PyArrayObject *x = as_float32(x_obj, op, "input"), *out = NULL;
+    PyArrayObject *x = as_float32(x_obj, op, "input"), *out = NULL, *idx = NULL;
     if (x == NULL || require_ndim(x, 4, op, "input", "(N, C, H, W)") || dims_fit_int(x, op, "input"))
         goto fail;
-    if (KH < 1 || KW < 1 || SH < 1 || SW < 1 || PH < 0 || PW < 0) {
-        PyErr_Format(PyExc_ValueError, "max_pool2d: expected kernel_size >= 1, stride >= 1 and padding >= 0, "
-                     "got kernel_size (%d, %d), stride (%d, %d), padding (%d, %d)", KH, KW, SH, SW, PH, PW);
+    if (KH < 1 || KW < 1 || SH < 1 || SW < 1 || PH < 0 || PW < 0 || DH < 1 || DW < 1) {
+        PyErr_Format(PyExc_ValueError, "max_pool2d: expected kernel_size >= 1, stride >= 1, padding >= 0 and "
+                     "dilation >= 1, got kernel_size (%d, %d), stride (%d, %d), padding (%d, %d), dilation (%d, %d)",
+                     KH, KW, SH, SW, PH, PW, DH, DW);
         goto fail;
     }
+    /* PyTorch's rule, on the kernel size whatever the dilation. */
     if (PH > KH / 2 || PW > KW / 2) {
         PyErr_Format(PyExc_ValueError, "max_pool2d: padding must be at most half the kernel size, "
                      "got padding (%d, %d) for kernel_size (%d, %d)", PH, PW, KH, KW);
         goto fail;
     }
+    /* A window one tap wide has no second tap to space out: its dilation would only
+     * step the kernels' loop variable far past the plane (and past INT_MAX). */
+    if (KH == 1)
+        DH = 1;
+    if (KW == 1)
+        DW = 1;
     const int N = (int)PyArray_DIM(x, 0), C = (int)PyArray_DIM(x, 1), H = (int)PyArray_DIM(x, 2),
               W = (int)PyArray_DIM(x, 3);
     if ((long long)N * C > INT_MAX) {
@@ -396,29 +413,45 @@ static PyObject *py_max_pool2d(PyObject *self, PyObject *args)
                      (long long)N * C);
         goto fail;
     }
-    const long long OH = pool_out_size(H, KH, SH, PH, ceil_mode), OW = pool_out_size(W, KW, SW, PW, ceil_mode);
+    const long long OH = pool_out_size(H, KH, SH, PH, DH, ceil_mode), OW = pool_out_size(W, KW, SW, PW, DW, ceil_mode);
     if (OH < 1 || OW < 1) {
-        char msg[240];
-        snprintf(msg, sizeof msg, "max_pool2d: output size would be (%lld, %lld), expected at least (1, 1): "
-                 "the window (%d, %d) is larger than the padded input (%lld, %lld)",
-                 OH, OW, KH, KW, (long long)H + 2LL * PH, (long long)W + 2LL * PW);
+        char msg[400];
+        const long long EKH = (long long)DH * (KH - 1) + 1, EKW = (long long)DW * (KW - 1) + 1;
+        if (DH == 1 && DW == 1)
+            snprintf(msg, sizeof msg, "max_pool2d: output size would be (%lld, %lld), expected at least (1, 1): "
+                     "the window (%d, %d) is larger than the padded input (%lld, %lld)",
+                     OH, OW, KH, KW, (long long)H + 2LL * PH, (long long)W + 2LL * PW);
+        else
+            snprintf(msg, sizeof msg, "max_pool2d: output size would be (%lld, %lld), expected at least (1, 1): "
+                     "the window (%d, %d) with dilation (%d, %d) spans (%lld, %lld), more than the padded input "
+                     "(%lld, %lld)", OH, OW, KH, KW, DH, DW, EKH, EKW, (long long)H + 2LL * PH,
+                     (long long)W + 2LL * PW);
         shape_error(msg, "input", x);
         goto fail;
     }
     const npy_intp dims[4] = {N, C, (npy_intp)OH, (npy_intp)OW};
+    if (with_indices) {
+        /* Both outputs must fit, checked before either is made. */
+        const size_t n_out = mul_size(mul_size((size_t)N * (size_t)C, (size_t)OH), (size_t)OW);
+        if (require_memory(mul_size(n_out, sizeof(float) + sizeof(int64_t)), op))
+            goto fail;
+    }
     if (!(out = new_output(4, dims)) || check_device(device, op))
         goto fail;
+    if (with_indices && !(idx = (PyArrayObject *)PyArray_SimpleNew(4, (npy_intp *)dims, NPY_INT64)))
+        goto fail;
+    int64_t *idata = idx ? (int64_t *)PyArray_DATA(idx) : NULL;
     int st = ACN_OK;
     if (PyArray_SIZE(out) > 0) {
         Py_BEGIN_ALLOW_THREADS
 #ifdef ALEXNET_C_WITH_CUDA
         if (device == DEV_CUDA)
-            st = max_pool2d_host_cuda((float *)PyArray_DATA(out), fdata(x), N * C, H, W, KH, KW, SH, SW, PH, PW,
-                                      (int)OH, (int)OW);
+            st = max_pool2d_host_cuda((float *)PyArray_DATA(out), idata, fdata(x), N * C, H, W, KH, KW, SH, SW,
+                                      PH, PW, DH, DW, (int)OH, (int)OW);
         else
 #endif
-            st = max_pool2d_forward_cpu((float *)PyArray_DATA(out), fdata(x), N * C, H, W, KH, KW, SH, SW, PH,
-                                        PW, (int)OH, (int)OW);
+            st = max_pool2d_forward_cpu((float *)PyArray_DATA(out), idata, fdata(x), N * C, H, W, KH, KW, SH, SW,
+                                        PH, PW, DH, DW, (int)OH, (int)OW);
         Py_END_ALLOW_THREADS
     }
     if (st != ACN_OK) {
@@ -426,10 +459,13 @@ static PyObject *py_max_pool2d(PyObject *self, PyObject *args)
         goto fail;
     }
     Py_DECREF(x);
+    if (idx)
+        return Py_BuildValue("(NN)", (PyObject *)out, (PyObject *)idx);
     return (PyObject *)out;
 fail:
     Py_XDECREF(x);
     Py_XDECREF(out);
+    Py_XDECREF(idx);
     return NULL;
 }
 
@@ -1119,9 +1155,9 @@ static PyObject *py_measure_read_bw(PyObject *self, PyObject *args)
 }
 
 static PyMethodDef module_methods[] = {
-    {"conv2d", py_conv2d, METH_VARARGS, "conv2d(x, w, b, sh, sw, ph, pw, groups, device, naive)"},
+    {"conv2d", py_conv2d, METH_VARARGS, "conv2d(x, w, b, sh, sw, ph, pw, dh, dw, groups, device, naive[, tf32])"},
     {"relu", py_relu, METH_VARARGS, "relu(x, device)"},
-    {"max_pool2d", py_max_pool2d, METH_VARARGS, "max_pool2d(x, kh, kw, sh, sw, ph, pw, ceil_mode, device)"},
+    {"max_pool2d", py_max_pool2d, METH_VARARGS, "max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode, return_indices, device)"},
     {"adaptive_avg_pool2d", py_adaptive_avg_pool2d, METH_VARARGS, "adaptive_avg_pool2d(x, oh, ow, device)"},
     {"linear", py_linear, METH_VARARGS, "linear(x, w, b, device, naive)"},
     {"softmax", py_softmax, METH_VARARGS, "softmax(x, dim, log, device)"},

@@ -58,11 +58,14 @@ def test_returns_fresh_float32_arrays(rng):
     (lambda: ac.adaptive_avg_pool2d(np.zeros((1, 1, 8, 8)), -1), "output_size >= (0, 0)"),
     (lambda: ac.linear(np.zeros((2, 5)), np.zeros((3, 4))), "last dimension 4"),
     (lambda: ac.linear(np.zeros((2, 4)), np.zeros((3, 4)), np.zeros(2)), "bias of shape (3,)"),
-    # torch.nn.functional's parameters that are taken at their defaults only
-    (lambda: ac.conv2d(np.zeros((1, 3, 9, 9)), np.zeros((2, 3, 3, 3)), None, 1, 0, 2),
-     "conv2d: dilation=(2, 2) is not supported (only dilation=(1, 1))"),
-    (lambda: ac.max_pool2d(np.zeros((1, 1, 8, 8)), 3, 2, 0, (1, 2)), "max_pool2d: dilation=(1, 2)"),
-    (lambda: ac.max_pool2d(np.zeros((1, 1, 8, 8)), 3, return_indices=True), "return_indices=True"),
+    (lambda: ac.conv2d(np.zeros((1, 3, 9, 9)), np.zeros((2, 3, 3, 3)), None, 1, 0, 5),
+     "conv2d: kernel (3, 3) with dilation (5, 5) spans (11, 11), more than the padded input (9, 9)"),
+    (lambda: ac.conv2d(np.zeros((1, 3, 9, 9)), np.zeros((2, 3, 3, 3)), dilation=(1, 0)),
+     "dilation >= 1 and groups >= 1, got stride (1, 1), padding (0, 0), dilation (1, 0)"),
+    (lambda: ac.max_pool2d(np.zeros((1, 1, 8, 8)), 3, 2, 0, (1, 4)),
+     "the window (3, 3) with dilation (1, 4) spans (3, 9), more than the padded input (8, 8)"),
+    (lambda: ac.max_pool2d(np.zeros((1, 1, 8, 8)), 3, 2, 0, 0), "dilation >= 1, got kernel_size (3, 3)"),
+    # a parameter of torch.nn.functional's taken at its default only
     (lambda: ac.relu(np.zeros(3), True), "relu: inplace=True is not supported"),
 ])
 def test_bad_shapes_raise_value_error_naming_shapes(call, needle):

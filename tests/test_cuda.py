@@ -98,6 +98,26 @@ def test_conv2d(rng, name, xs, ws, stride, padding, groups, bias):
     assert_close(ours, ref, name)
 
 
+DILATED_CONV_CASES = [
+    # input, weight, stride, padding, dilation, groups
+    ((2, 6, 19, 17), (10, 6, 3, 3), 1, 2, 2, 1),
+    ((1, 3, 35, 33), (8, 3, 5, 5), 3, 4, (2, 3), 1),
+    ((2, 8, 20, 20), (6, 4, 3, 5), (2, 1), (3, 1), (3, 2), 2),
+    ((2, 64, 27, 27), (192, 64, 5, 5), 1, 4, 2, 1),      # conv2-sized: the big tiles
+]
+
+
+@pytest.mark.parametrize("precision", ["float32", "tf32"])
+@pytest.mark.parametrize("xs,ws,stride,padding,dilation,groups", DILATED_CONV_CASES)
+def test_conv2d_dilation(rng, xs, ws, stride, padding, dilation, groups, precision):
+    x = randn(rng, *xs)
+    w = randn(rng, *ws, scale=(2.0 / np.prod(ws[1:])) ** 0.5)
+    b = randn(rng, ws[0], scale=0.1)
+    ours = ac.conv2d(x, w, b, stride, padding, dilation, groups, device="cuda", precision=precision)
+    ref = F.conv2d(t64(x), t64(w), t64(b), stride, padding, dilation, groups)
+    assert_close(ours, ref, f"conv2d dilation {dilation}", tol=TOL if precision == "float32" else TF32_TOL)
+
+
 @pytest.mark.parametrize("xs,k,s,p,ceil", [
     ((2, 64, 55, 55), 3, 2, 0, False),
     ((1, 3, 10, 11), (3, 2), (2, 1), (1, 1), False),
@@ -108,6 +128,28 @@ def test_max_pool2d(rng, xs, k, s, p, ceil):
     x = randn(rng, *xs)
     ours = ac.max_pool2d(x, k, s, p, ceil_mode=ceil, device="cuda")
     assert_close(ours, F.max_pool2d(t64(x), k, s, p, ceil_mode=ceil), f"max_pool2d {xs} k{k}")
+
+
+@pytest.mark.parametrize("xs,k,s,p,d,ceil", [
+    ((2, 3, 11, 12), 3, 1, 1, 2, False),
+    ((2, 3, 11, 12), 3, 2, 1, (2, 3), True),
+    ((1, 2, 10, 9), (2, 3), (1, 2), (1, 1), (3, 2), False),
+    ((2, 64, 55, 55), 3, 2, 0, 1, False),
+    ((1, 1, 7, 7), 2, 3, 1, 3, True),
+    ((1, 2, 5, 6), (1, 2), 1, 0, (2**31 - 1, 2), False),   # one tap high: its dilation is moot
+])
+def test_max_pool2d_dilation_and_indices(rng, xs, k, s, p, d, ceil):
+    # Values with ties (small integers), NaN and a plane of -inf: each makes the index
+    # a choice, which must be PyTorch's.
+    x = rng.integers(-2, 3, xs).astype(np.float32)
+    x.flat[rng.choice(x.size, max(1, x.size // 20), replace=False)] = np.nan
+    x[0, 0] = -np.inf
+    ref, ref_idx = F.max_pool2d(t64(x), k, s, p, d, ceil, return_indices=True)
+    ours, idx = ac.max_pool2d(x, k, s, p, d, ceil, True, device="cuda")
+    assert idx.dtype == np.int64 and idx.shape == ours.shape == tuple(ref.shape)
+    np.testing.assert_array_equal(ours, ref.numpy().astype(np.float32))
+    np.testing.assert_array_equal(idx, ref_idx.numpy())
+    np.testing.assert_array_equal(ac.max_pool2d(x, k, s, p, d, ceil, device="cuda"), ours)
 
 
 def test_max_pool2d_propagates_nan(rng):
@@ -326,12 +368,13 @@ def check(ours, ref, what):
     assert err <= tol, f"{what}: {err}"
 convs = [((2, 3, 67, 67), (64, 3, 11, 11), 4, 2, 1), ((2, 64, 13, 13), (192, 64, 5, 5), 1, 2, 1),
          ((3, 32, 7, 9), (40, 16, 3, 3), 1, 1, 2), ((1, 8, 5, 5), (130, 8, 1, 1), 1, 0, 1)]
-for xs, ws, s, p, g in convs:
+for xs, ws, s, p, g in convs + [((2, 16, 15, 14), (70, 16, 3, 3), 1, 2, 1)]:
     x = rng.standard_normal(xs).astype(np.float32)
     w = (rng.standard_normal(ws) * 0.1).astype(np.float32)
     b = rng.standard_normal(ws[0]).astype(np.float32)
-    check(ac.conv2d(x, w, b, s, p, groups=g, device="cuda", precision=precision),
-          F.conv2d(t(x), t(w), t(b), s, p, 1, g), xs)
+    d = 2 if xs == (2, 16, 15, 14) else 1   # the last: dilated taps through every tile
+    check(ac.conv2d(x, w, b, s, p, d, g, device="cuda", precision=precision),
+          F.conv2d(t(x), t(w), t(b), s, p, d, g), xs)
 for n, i, o in [(40, 300, 70), (130, 64, 129)]:
     x = rng.standard_normal((n, i)).astype(np.float32)
     w = (rng.standard_normal((o, i)) * 0.1).astype(np.float32)

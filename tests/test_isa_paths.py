@@ -28,7 +28,7 @@ def rand(rng, *shape):
     return rng.standard_normal(shape).astype(np.float32)
 
 
-# (N, C, H, W, OC, K, stride, pad, groups)
+# (N, C, H, W, OC, K, stride, pad, groups[, dilation])
 CONV_CASES = [
     (1, 3, 35, 35, 64, 11, 4, 2, 1),      # conv1-like: stride 4, 3 channels, M=64 (12 does not divide)
     (2, 3, 31, 31, 96, 11, 4, 0, 1),      # original conv1: no padding, 2 images
@@ -40,19 +40,22 @@ CONV_CASES = [
     (1, 4, 12, 12, 6, 5, 3, 2, 2),        # groups=2 with 3 output channels per group, stride 3
     (64, 16, 6, 6, 12, 3, 1, 1, 1),       # batch 64 through the column split
     (2, 260, 7, 7, 17, 3, 1, 1, 1),       # K=2340 > 2048: two equal depth blocks, C re-read
+    (2, 6, 19, 17, 10, 3, 1, 2, 1, 2),    # dilation 2: the padded copy, rows two apart
+    (1, 3, 35, 33, 8, 5, 3, 4, 1, 2),     # dilation 2 on the phase-split input: every phase
 ]
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c)))
 def test_conv2d(isa, threads, case):
-    N, C, H, W, OC, K, s, p, g = case
+    N, C, H, W, OC, K, s, p, g, *d = case
+    d = d[0] if d else 1
     rng = np.random.default_rng(hash(case) % 2**32)
     x, w, b = rand(rng, N, C, H, W), rand(rng, OC, C // g, K, K), rand(rng, OC)
     ref = F.conv2d(torch.from_numpy(x).double(), torch.from_numpy(w).double(),
-                   torch.from_numpy(b).double(), s, p, 1, g).numpy()
-    ours = ac.conv2d(x, w, b, s, p, groups=g)
+                   torch.from_numpy(b).double(), s, p, d, g).numpy()
+    ours = ac.conv2d(x, w, b, s, p, d, g)
     close(ours, ref, f"conv2d {isa}")
-    naive = ac.conv2d(x, w, b, s, p, groups=g, _naive=True)
+    naive = ac.conv2d(x, w, b, s, p, d, g, _naive=True)
     close(naive, ref, "conv2d naive")
     close(ours, naive.astype(np.float64), f"conv2d {isa} vs naive")
 

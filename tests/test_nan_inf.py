@@ -69,11 +69,14 @@ fracs = st.sampled_from([0.02, 0.1, 0.5])
 @_settings(40)
 @given(seed=seeds, dt=float_dtypes, frac=fracs, N=st.integers(1, 2), groups=st.integers(1, 2),
        cg=st.integers(1, 3), ocg=st.integers(1, 3), H=st.integers(3, 10), W=st.integers(3, 10),
-       K=st.integers(1, 3), stride=st.integers(1, 2), padding=st.integers(0, 1), bias=st.booleans(),
-       where=st.sampled_from(["input", "weight", "bias", "all"]), zeros=st.sampled_from([0.0, 0.3]),
-       naive=st.booleans())
-def test_conv2d_specials(seed, dt, frac, N, groups, cg, ocg, H, W, K, stride, padding, bias, where, zeros, naive):
+       K=st.integers(1, 3), stride=st.integers(1, 2), padding=st.integers(0, 1), dilation=st.integers(1, 2),
+       bias=st.booleans(), where=st.sampled_from(["input", "weight", "bias", "all"]),
+       zeros=st.sampled_from([0.0, 0.3]), naive=st.booleans())
+def test_conv2d_specials(seed, dt, frac, N, groups, cg, ocg, H, W, K, stride, padding, dilation, bias, where,
+                         zeros, naive):
     C, OC = cg * groups, ocg * groups
+    if dilation * (K - 1) + 1 > min(H, W) + 2 * padding:
+        dilation = 1
     fx = frac if where in ("input", "all") else 0.0
     fw = frac if where in ("weight", "all") else 0.0
     fb = frac if where in ("bias", "all") else 0.0
@@ -81,8 +84,9 @@ def test_conv2d_specials(seed, dt, frac, N, groups, cg, ocg, H, W, K, stride, pa
     w = inject(seed + 1, (OC, cg, K, K), "float32", fw, zeros)   # zeros: 0 * Inf must give NaN
     b = inject(seed + 2, (OC,), "float32", fb) if bias or where == "bias" else None
     ref = F.conv2d(ref64(x), ref64(w), None if b is None else ref64(b), stride=stride, padding=padding,
-                   groups=groups)
-    same_specials(ac.conv2d(x, w, b, stride=stride, padding=padding, groups=groups, _naive=naive), ref)
+                   dilation=dilation, groups=groups)
+    same_specials(ac.conv2d(x, w, b, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                            _naive=naive), ref)
 
 
 @pytest.mark.parametrize("special", [np.nan, np.inf, -np.inf])
@@ -111,15 +115,18 @@ def test_relu_specials_exact():
 @_settings(40)
 @given(seed=seeds, dt=float_dtypes, frac=fracs, N=st.integers(1, 2), C=st.integers(1, 3),
        H=st.integers(1, 9), W=st.integers(1, 9), k=st.integers(1, 3), stride=st.integers(1, 3),
-       padding=st.integers(0, 1), ceil_mode=st.booleans())
-def test_max_pool2d_specials(seed, dt, frac, N, C, H, W, k, stride, padding, ceil_mode):
+       padding=st.integers(0, 1), dilation=st.integers(1, 2), ceil_mode=st.booleans())
+def test_max_pool2d_specials(seed, dt, frac, N, C, H, W, k, stride, padding, dilation, ceil_mode):
     padding = min(padding, k // 2)
     x = inject(seed, (N, C, H, W), dt, frac)
     try:
-        ref = F.max_pool2d(ref64(x), k, stride, padding, ceil_mode=ceil_mode)
+        ref, ref_idx = F.max_pool2d(ref64(x), k, stride, padding, dilation, ceil_mode, return_indices=True)
     except RuntimeError:
         return   # output would be empty; test_properties checks that both refuse
-    same_specials(ac.max_pool2d(x, k, stride, padding, ceil_mode=ceil_mode), ref, exact=True)
+    same_specials(ac.max_pool2d(x, k, stride, padding, dilation, ceil_mode), ref, exact=True)
+    out, idx = ac.max_pool2d(x, k, stride, padding, dilation, ceil_mode, return_indices=True)
+    same_specials(out, ref, exact=True)
+    np.testing.assert_array_equal(idx, ref_idx.numpy())   # NaN: the last of its window
 
 
 def test_max_pool2d_all_neg_inf_window():
@@ -134,6 +141,10 @@ def test_max_pool2d_all_neg_inf_window():
     y[0, 0, 1, 5] = np.nan
     out = ac.max_pool2d(y, 2)
     assert np.isneginf(out[0, 0, 0, 0]) and out[0, 0, 0, 1] == 5.0 and np.isnan(out[0, 0, 0, 2])
+    # the indices: the window's first place, the 5, the NaN; and as torch gives them
+    out, idx = ac.max_pool2d(y, 2, return_indices=True)
+    assert idx.tolist() == [[[[0, 3, 11]]]]
+    assert idx.tolist() == F.max_pool2d(torch.from_numpy(y), 2, return_indices=True)[1].tolist()
 
 
 @_settings(30)

@@ -135,7 +135,7 @@ def test_tensor_cores_only_in_the_tf32_gemm(report, arch):
     with_mma = {k.name for k in kernels if _TENSOR_CORE.search(k.ptx)}
     with_tf32 = {k.name for k in kernels if _TF32_CONVERT.search(k.ptx)}
     tf32 = {k.name for k in kernels if _stem(k) == "gemm_tf32_kernel"}
-    assert len(tf32) == 6   # three tiles, times the two ways of reading B (conv, linear)
+    assert len(tf32) == 9   # three tiles, times the three ways of reading B (conv, dilated conv, linear)
     if int(arch) < 80:
         # No TF32 tensor cores: the kernel is an empty body that the host never
         # launches (the runtime refuses below compute capability 8.0 first).

@@ -39,6 +39,45 @@ def test_conv2d(rng, xs, ws, stride, padding, groups, bias):
     assert max_rel_err(naive, ref) <= TOL
 
 
+DILATED_CONV_CASES = [
+    # (N, C, H, W), (OC, KH, KW), stride, padding, dilation, groups
+    ((2, 6, 19, 17), (10, 3, 3), 1, 2, 2, 1),           # stride 1 with padding: the padded copy
+    ((1, 5, 15, 16), (7, 3, 3), 1, 0, 3, 1),            # stride 1, no padding: reads the image itself
+    ((1, 3, 35, 33), (8, 5, 5), 3, 4, (2, 3), 1),       # phase-split input, taps of every phase
+    ((2, 8, 20, 20), (6, 3, 5), (2, 1), (3, 1), (3, 2), 2),
+    ((1, 64, 27, 27), (32, 5, 5), 1, 4, 2, 1),          # conv2-sized, K = 1600
+    ((2, 6, 11, 11), (6, 3, 3), 2, 1, 4, 6),            # depthwise; taps past the image
+    ((1, 4, 9, 9), (5, 3, 3), 1, 0, 4),                 # the kernel spans the whole input: 1x1 out
+]
+
+
+@pytest.mark.parametrize("case", DILATED_CONV_CASES, ids=lambda c: str(c))
+def test_conv2d_dilation(rng, case):
+    xs, ws, stride, padding, dilation, *groups = case
+    groups = groups[0] if groups else 1
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = rng.standard_normal((ws[0], xs[1] // groups) + ws[1:]).astype(np.float32)
+    b = rng.standard_normal(ws[0]).astype(np.float32)
+    ref = F.conv2d(t64(x), t64(w), t64(b), stride, padding, dilation, groups)
+    for naive in (False, True):
+        out = ac.conv2d(x, w, b, stride, padding, dilation, groups, _naive=naive)
+        assert out.shape == tuple(ref.shape)
+        assert max_rel_err(out, ref) <= TOL, naive
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")   # torch's, from the reference
+@pytest.mark.parametrize("k,dilation", [((3, 3), 2), ((2, 4), (3, 2)), ((4, 3), 1), ((1, 5), (1, 3))])
+def test_conv2d_same_with_dilation(rng, k, dilation):
+    # 'same' pads dilation*(k-1) in all, the odd one after: an even kernel with an odd
+    # dilation pads one more row or column after than before, as PyTorch does.
+    x = rng.standard_normal((2, 3, 11, 12)).astype(np.float32)
+    w = rng.standard_normal((4, 3) + k).astype(np.float32)
+    ref = F.conv2d(t64(x), t64(w), padding="same", dilation=dilation)
+    out = ac.conv2d(x, w, padding="same", dilation=dilation)
+    assert out.shape == tuple(ref.shape) == (2, 4, 11, 12)
+    assert max_rel_err(out, ref) <= TOL
+
+
 def test_conv2d_unbatched_and_string_padding(rng):
     x = rng.standard_normal((3, 20, 21)).astype(np.float32)
     w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
@@ -67,6 +106,67 @@ def test_max_pool2d(rng, xs, k, s, p, ceil):
     out = ac.max_pool2d(x, k, s, p, ceil_mode=ceil)
     assert out.shape == tuple(ref.shape)
     np.testing.assert_array_equal(out, ref.numpy().astype(np.float32))
+
+
+DILATED_POOL_CASES = [
+    # (N, C, H, W), kernel, stride, padding, dilation, ceil_mode
+    ((2, 3, 11, 12), 3, 1, 1, 2, False),
+    ((2, 3, 11, 12), 3, 2, 1, (2, 3), True),
+    ((1, 2, 10, 9), (2, 3), (1, 2), (1, 1), (3, 2), False),
+    ((1, 64, 27, 27), 3, 2, 0, 2, False),
+    ((1, 1, 7, 7), 2, 3, 1, 3, True),      # ceil_mode's last window starts in the input
+]
+
+
+@pytest.mark.parametrize("xs,k,s,p,d,ceil", DILATED_POOL_CASES)
+def test_max_pool2d_dilation(rng, xs, k, s, p, d, ceil):
+    x = rng.standard_normal(xs).astype(np.float32)
+    ref = F.max_pool2d(t64(x), k, s, p, d, ceil)
+    out = ac.max_pool2d(x, k, s, p, d, ceil)
+    assert out.shape == tuple(ref.shape)
+    np.testing.assert_array_equal(out, ref.numpy().astype(np.float32))
+
+
+def _ties_nan_and_neg_inf(rng, shape):
+    """Values where the index is a choice: repeated maxima (small integers), NaN (the
+    last NaN of a window wins) and planes of -inf (the window's first tap inside the
+    plane is reported)."""
+    x = rng.integers(-2, 3, shape).astype(np.float32)
+    x.flat[rng.choice(x.size, max(1, x.size // 20), replace=False)] = np.nan
+    x[0, 0] = -np.inf
+    return x
+
+
+@pytest.mark.parametrize("xs,k,s,p,d,ceil", [(xs, k, s, p, 1, ceil) for xs, k, s, p, ceil in POOL_CASES]
+                         + DILATED_POOL_CASES)
+def test_max_pool2d_return_indices(rng, xs, k, s, p, d, ceil):
+    for x in (rng.standard_normal(xs).astype(np.float32), _ties_nan_and_neg_inf(rng, xs)):
+        ref, ref_idx = F.max_pool2d(t64(x), k, s, p, d, ceil, return_indices=True)
+        out, idx = ac.max_pool2d(x, k, s, p, d, ceil, True)
+        assert idx.dtype == np.int64 and idx.shape == out.shape == tuple(ref.shape)
+        np.testing.assert_array_equal(out, ref.numpy().astype(np.float32))
+        np.testing.assert_array_equal(idx, ref_idx.numpy())
+        # the same values as without indices (AlexNet's 3x3/2 pool has its own vector path)
+        np.testing.assert_array_equal(ac.max_pool2d(x, k, s, p, d, ceil), out)
+
+
+def test_max_pool2d_one_tap_window_ignores_its_dilation(rng):
+    # A dilation as large as an int along a window one tap long: nothing to space out,
+    # and no loop may step past INT_MAX.
+    x = _ties_nan_and_neg_inf(rng, (1, 2, 5, 6))
+    ref, ref_idx = F.max_pool2d(t64(x), (1, 2), 1, 0, (2**31 - 1, 2), return_indices=True)
+    out, idx = ac.max_pool2d(x, (1, 2), 1, 0, (2**31 - 1, 2), return_indices=True)
+    np.testing.assert_array_equal(out, ref.numpy().astype(np.float32))
+    np.testing.assert_array_equal(idx, ref_idx.numpy())
+
+
+def test_max_pool2d_return_indices_unbatched(rng):
+    x = _ties_nan_and_neg_inf(rng, (3, 9, 8))
+    ref, ref_idx = F.max_pool2d(t64(x), 3, 2, 1, return_indices=True)
+    out, idx = ac.max_pool2d(x, 3, 2, 1, return_indices=True)
+    assert out.shape == idx.shape == (3, 5, 4)
+    np.testing.assert_array_equal(out, ref.numpy().astype(np.float32))
+    np.testing.assert_array_equal(idx, ref_idx.numpy())
 
 
 @pytest.mark.parametrize("xs,size", [((1, 256, 6, 6), 6), ((2, 256, 1, 1), (6, 6)), ((1, 3, 13, 13), 6),
@@ -128,6 +228,16 @@ def test_positional_arguments_mean_what_they_mean_in_torch(rng):
         ref = F.max_pool2d(t64(x), *args).numpy()
         ours = ac.max_pool2d(x, *args)
         assert ours.shape == ref.shape, args
+        assert max_rel_err(ours, ref) <= TOL
+    ref = F.conv2d(t64(x), t64(w), t64(b), 2, 3, 2, 2).numpy()
+    assert max_rel_err(ac.conv2d(x, w, b, 2, 3, 2, 2), ref) <= TOL
+    for args in [(3, 1, 1, 2), (3, 1, 1, 2, True), (3, 2, 1, (2, 1), False, True)]:
+        ref = F.max_pool2d(t64(x), *args)
+        ours = ac.max_pool2d(x, *args)
+        if len(args) == 6:   # return_indices
+            (ref, ref_idx), (ours, idx) = ref, ours
+            assert np.array_equal(idx, ref_idx.numpy()), args
+        assert ours.shape == tuple(ref.shape), args
         assert max_rel_err(ours, ref) <= TOL
     assert np.array_equal(ac.relu(x, False), np.maximum(x, 0))
     assert ac.max_pool2d(x, 3, dilation=1, return_indices=False).shape == (2, 4, 3, 3)

@@ -139,17 +139,20 @@ def conv_cases(draw):
     padding = draw(st.one_of(int_or_pair(0, 3), st.sampled_from(["valid", "same"])))
     if padding == "same":
         stride = 1
+    dilation = draw(st.one_of(st.just(1), int_or_pair(1, 3)))
+    dh, dw = pair(dilation)
     ph, pw = (0, 0) if isinstance(padding, str) else pair(padding)
-    KH = draw(st.integers(1, min(5, H + 2 * ph)))
-    KW = draw(st.integers(1, min(5, W + 2 * pw)))
-    if padding == "same":   # alexnet_c supports 'same' for odd kernels (symmetric padding)
-        KH, KW = KH | 1, KW | 1
-    if padding == "valid":
-        KH, KW = min(KH, H), min(KW, W)
+    # the dilated kernel's span, dilation*(K-1) + 1, must fit in the padded input
+    # (with 'same' the padding is chosen to make it fit)
+    fit_h, fit_w = (99, 99) if padding == "same" else (H + 2 * ph, W + 2 * pw)
+    KH = draw(st.integers(1, max(1, min(5, (fit_h - 1) // dh + 1))))
+    KW = draw(st.integers(1, max(1, min(5, (fit_w - 1) // dw + 1))))
     return dict(shape=(N, C, H, W), wshape=(OC, C // groups, KH, KW), stride=stride, padding=padding,
-                groups=groups, bias=draw(st.booleans()), unbatched=draw(st.booleans()) and N == 1)
+                dilation=dilation, groups=groups, bias=draw(st.booleans()),
+                unbatched=draw(st.booleans()) and N == 1)
 
 
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")   # torch's, from the reference
 @_settings(60)
 @given(case=conv_cases(), xdt=dtypes, wdt=st.sampled_from(["float16", "float32", "float64", "int8", "int64"]),
        xl=layouts, wl=layouts, seed=seeds, naive=st.booleans(), wide=st.booleans())
@@ -159,10 +162,9 @@ def test_conv2d_property(case, xdt, wdt, xl, wl, seed, naive, wide):
     w = apply_layout(make_values(seed + 1, case["wshape"], wdt), wl)
     b = make_values(seed + 2, (case["wshape"][0],), "float32") if case["bias"] else None
     g = Guard(x, w, b)
-    ref = F.conv2d(as_ref(x), as_ref(w), None if b is None else as_ref(b), stride=case["stride"],
-                   padding=case["padding"], groups=case["groups"])
-    out = ac.conv2d(x, w, b, stride=case["stride"], padding=case["padding"], groups=case["groups"],
-                    _naive=naive)
+    kw = dict(stride=case["stride"], padding=case["padding"], dilation=case["dilation"], groups=case["groups"])
+    ref = F.conv2d(as_ref(x), as_ref(w), None if b is None else as_ref(b), **kw)
+    out = ac.conv2d(x, w, b, **kw, _naive=naive)
     g.check(out)
     check_output(out, ref)
 
@@ -193,8 +195,9 @@ def pool_cases(draw):
                              st.tuples(st.integers(0, kh // 2), st.integers(0, kw // 2))))
     N = draw(st.integers(0, 3))
     shape = (N, draw(st.integers(1, 3)), draw(st.integers(1, 11)), draw(st.integers(1, 11)))
-    return dict(shape=shape, kernel=kernel, stride=stride, padding=padding, ceil_mode=draw(st.booleans()),
-                unbatched=draw(st.booleans()) and N == 1)
+    return dict(shape=shape, kernel=kernel, stride=stride, padding=padding,
+                dilation=draw(st.one_of(st.just(1), int_or_pair(1, 3))), ceil_mode=draw(st.booleans()),
+                return_indices=draw(st.booleans()), unbatched=draw(st.booleans()) and N == 1)
 
 
 @_settings(80)
@@ -204,7 +207,7 @@ def test_max_pool2d_property(case, dt, layout, seed, wide):
     x = apply_layout(make_values(seed, shape, dt, wide), layout)
     g = Guard(x)
     kw = dict(kernel_size=case["kernel"], stride=case["stride"], padding=case["padding"],
-              ceil_mode=case["ceil_mode"])
+              dilation=case["dilation"], ceil_mode=case["ceil_mode"], return_indices=case["return_indices"])
     try:
         ref = F.max_pool2d(as_ref(x), **kw)
     except RuntimeError:   # output size would be < 1: alexnet_c must refuse too
@@ -213,7 +216,13 @@ def test_max_pool2d_property(case, dt, layout, seed, wide):
         g.check()
         return
     out = ac.max_pool2d(x, **kw)
-    g.check(out)
+    if case["return_indices"]:
+        (out, idx), (ref, ref_idx) = out, ref
+        assert idx.dtype == np.int64
+        np.testing.assert_array_equal(idx, ref_idx.numpy())
+        g.check(out, idx)
+    else:
+        g.check(out)
     check_output(out, ref, exact=True)
 
 

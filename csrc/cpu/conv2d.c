@@ -15,8 +15,9 @@
  * needs a bounds check: plane (n, c) is Hp = H + 2*PH rows; with a column
  * stride SW > 1 each padded row is stored as SW "phases" one after the other,
  * phase r = padded columns r, r+SW, r+2*SW..., each Wq = ceil((W + 2*PW)/SW)
- * long. Column ow of tap kw then reads phase kw % SW at index ow + kw / SW:
- * consecutive output columns read consecutive floats, whatever the stride.
+ * long. Column ow of tap kw then reads phase kw*DW % SW at index ow + kw*DW / SW:
+ * consecutive output columns read consecutive floats, whatever the stride and
+ * dilation.
  * (Stride 1 without padding reads the image itself.) */
 typedef struct {
     const float *img;          /* image 0 of the group, padded layout */
@@ -194,9 +195,9 @@ void acn_conv_pack_weights(float *dst, const float *weight, int C, int OC, int K
 
 int acn_conv2d_packed(float *out, const float *inp, const float *packed, const acn_ukernel *uk,
                       const float *bias, int N, int C, int H, int W, int OC, int KH, int KW,
-                      int SH, int SW, int PH, int PW, int groups, int relu, float *work)
+                      int SH, int SW, int PH, int PW, int DH, int DW, int groups, int relu, float *work)
 {
-    const int OH = (H + 2 * PH - KH) / SH + 1, OW = (W + 2 * PW - KW) / SW + 1;
+    const int OH = (H + 2 * PH - DH * (KH - 1) - 1) / SH + 1, OW = (W + 2 * PW - DW * (KW - 1) - 1) / SW + 1;
     const int Cg = C / groups, OCg = OC / groups, Kg = Cg * KH * KW, P = OH * OW;
     const size_t per_group = acn_packed_a_floats(OCg, Kg, uk->MR);
     if ((long long)N * P > 0x7fffffff)
@@ -218,7 +219,7 @@ int acn_conv2d_packed(float *out, const float *inp, const float *packed, const a
     if (koff == NULL)
         return ACN_ENOMEM;
     for (int k = 0, khw = KH * KW; k < Kg; k++) {
-        const int c = k / khw, kh = k % khw / KW, kw = k % KW;
+        const int c = k / khw, kh = k % khw / KW * DH, kw = k % KW * DW;
         koff[k] = (ptrdiff_t)c * ch_stride + (ptrdiff_t)kh * row_stride + (ptrdiff_t)(kw % SW) * Wq + kw / SW;
     }
     for (int g = 0; g < groups; g++) {
@@ -238,10 +239,10 @@ int acn_conv2d_packed(float *out, const float *inp, const float *packed, const a
 
 int conv2d_forward_cpu(float *out, const float *inp, const float *weight, const float *bias,
                        int N, int C, int H, int W, int OC, int KH, int KW,
-                       int SH, int SW, int PH, int PW, int groups, int relu, float *work)
+                       int SH, int SW, int PH, int PW, int DH, int DW, int groups, int relu, float *work)
 {
     (void)work;
-    if (groups < 1 || C % groups || OC % groups || SH < 1 || SW < 1)
+    if (groups < 1 || C % groups || OC % groups || SH < 1 || SW < 1 || DH < 1 || DW < 1)
         return ACN_EINVAL;
     if (N <= 0 || OC <= 0)
         return ACN_OK;
@@ -249,8 +250,8 @@ int conv2d_forward_cpu(float *out, const float *inp, const float *weight, const 
      * freed on return: a one-off huge call must not stay resident in a
      * per-thread buffer. (The network packs once and pads inside its arena.) */
     const acn_ukernel *uk = acn_active_ukernel();
-    const int OH = (H + 2 * PH - KH) / SH + 1, OW = (W + 2 * PW - KW) / SW + 1;
-    if (C > 0 && acn_wino_applies(KH, KW, SH, SW, groups, N, OH, OW, uk)) {
+    const int OH = (H + 2 * PH - DH * (KH - 1) - 1) / SH + 1, OW = (W + 2 * PW - DW * (KW - 1) - 1) / SW + 1;
+    if (C > 0 && DH == 1 && DW == 1 && acn_wino_applies(KH, KW, SH, SW, groups, N, OH, OW, uk)) {
         float *u = malloc(acn_wino_packed_floats(C, OC, KH, uk->MR) * sizeof(float));
         int st = u != NULL && acn_wino_pack_weights(u, weight, C, OC, KH, uk->MR) == 1
             ? acn_wino_conv(out, inp, u, uk, bias, N, C, H, W, OC, KH, PH, PW, relu) : ACN_WINO_NONFINITE;
@@ -264,8 +265,8 @@ int conv2d_forward_cpu(float *out, const float *inp, const float *weight, const 
     int st = ACN_ENOMEM;
     if (packed != NULL && (padded != NULL || !needs_padded_copy(SW, PH, PW))) {
         acn_conv_pack_weights(packed, weight, C, OC, KH, KW, groups, uk->MR);
-        st = acn_conv2d_packed(out, inp, packed, uk, bias, N, C, H, W, OC, KH, KW, SH, SW, PH, PW, groups,
-                               relu, padded);
+        st = acn_conv2d_packed(out, inp, packed, uk, bias, N, C, H, W, OC, KH, KW, SH, SW, PH, PW, DH, DW,
+                               groups, relu, padded);
     }
     free(padded);
     free(packed);
@@ -274,12 +275,12 @@ int conv2d_forward_cpu(float *out, const float *inp, const float *weight, const 
 
 int conv2d_forward_naive(float *out, const float *inp, const float *weight, const float *bias,
                          int N, int C, int H, int W, int OC, int KH, int KW,
-                         int SH, int SW, int PH, int PW, int groups, int relu, float *work)
+                         int SH, int SW, int PH, int PW, int DH, int DW, int groups, int relu, float *work)
 {
     (void)work;
-    if (groups < 1 || C % groups || OC % groups || SH < 1 || SW < 1)
+    if (groups < 1 || C % groups || OC % groups || SH < 1 || SW < 1 || DH < 1 || DW < 1)
         return ACN_EINVAL;
-    const int OH = (H + 2 * PH - KH) / SH + 1, OW = (W + 2 * PW - KW) / SW + 1;
+    const int OH = (H + 2 * PH - DH * (KH - 1) - 1) / SH + 1, OW = (W + 2 * PW - DW * (KW - 1) - 1) / SW + 1;
     const int Cg = C / groups, OCg = OC / groups;
     const int nt = acn_get_num_threads();
 #pragma omp parallel for collapse(2) num_threads(nt) if (nt > 1)
@@ -291,9 +292,9 @@ int conv2d_forward_naive(float *out, const float *inp, const float *weight, cons
                     double acc = bias ? bias[oc] : 0.0;
                     for (int c = 0; c < Cg; c++) {
                         for (int kh = 0; kh < KH; kh++) {
-                            const int ih = oh * SH - PH + kh;
+                            const int ih = oh * SH - PH + kh * DH;
                             for (int kw = 0; kw < KW; kw++) {
-                                const int iw = ow * SW - PW + kw;
+                                const int iw = ow * SW - PW + kw * DW;
                                 /* A padding tap still multiplies its weight: 0 * NaN or
                                  * 0 * Inf must give NaN, as in PyTorch. */
                                 const float v = (ih >= 0 && ih < H && iw >= 0 && iw < W)

@@ -113,7 +113,7 @@ size_t acn_conv_phase_floats(int N, int C, int H, int W, int SW, int PH, int PW)
  * for uk->MR; work: acn_conv_phase_floats() floats, or NULL for a thread buffer. */
 int acn_conv2d_packed(float *out, const float *inp, const float *packed, const acn_ukernel *uk,
                       const float *bias, int N, int C, int H, int W, int OC, int KH, int KW,
-                      int SH, int SW, int PH, int PW, int groups, int relu, float *work);
+                      int SH, int SW, int PH, int PW, int DH, int DW, int groups, int relu, float *work);
 /* ---- Winograd F(2x2, 3x3) internals (winograd.c); the mode is in alexnet_c.h ----
  * Returned by acn_wino_conv when a non-finite value appeared: the output is
  * then incomplete and the caller recomputes the layer with the direct path. */

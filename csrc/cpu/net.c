@@ -244,10 +244,10 @@ static int run_layers(acn_net *net, float *out, const float *inp, int N, int H, 
          * whose places it would not keep. */
         if (st == ACN_WINO_NONFINITE && uk == net->packed_uk)
             st = acn_conv2d_packed(dst, src, net->packed[l], uk, net->w[2 * l + 1], N, C, H, W, c->out_c,
-                                   c->k, c->k, c->stride, c->stride, c->pad, c->pad, 1, 1, work);
+                                   c->k, c->k, c->stride, c->stride, c->pad, c->pad, 1, 1, 1, 1, work);
         else if (st == ACN_WINO_NONFINITE)
             st = conv2d_forward_cpu(dst, src, net->w[2 * l], net->w[2 * l + 1], N, C, H, W, c->out_c,
-                                    c->k, c->k, c->stride, c->stride, c->pad, c->pad, 1, 1, NULL);
+                                    c->k, c->k, c->stride, c->stride, c->pad, c->pad, 1, 1, 1, 1, NULL);
         if (st != ACN_OK)
             return st;
         stage_done(&clk, conv_stage[l]);
@@ -259,7 +259,7 @@ static int run_layers(acn_net *net, float *out, const float *inp, int N, int H, 
         if (c->pool_after) {
             const int OH = out_size(H, POOL_K, POOL_S, 0), OW = out_size(W, POOL_K, POOL_S, 0);
             dst = buf[which];
-            max_pool2d_forward_cpu(dst, src, N * C, H, W, POOL_K, POOL_K, POOL_S, POOL_S, 0, 0, OH, OW);
+            max_pool2d_forward_cpu(dst, NULL, src, N * C, H, W, POOL_K, POOL_K, POOL_S, POOL_S, 0, 0, 1, 1, OH, OW);
             stage_done(&clk, pool_stage[l]);
             H = OH;
             W = OW;

@@ -84,11 +84,18 @@ static void max_pool_3x3s2(float *out, const float *inp, int NC, int H, int W, i
     }
 }
 
-int max_pool2d_forward_cpu(float *out, const float *inp, int NC, int H, int W,
-                           int KH, int KW, int SH, int SW, int PH, int PW, int OH, int OW)
+/* Every other case: kernel, stride, padding and dilation of any size, and the
+ * indices. The loops follow PyTorch's CPU kernel, so that ties and NaN pick the
+ * same index: the first tap inside the plane to start, then any greater value or
+ * any NaN. */
+int max_pool2d_forward_cpu(float *out, int64_t *indices, const float *inp, int NC, int H, int W,
+                           int KH, int KW, int SH, int SW, int PH, int PW, int DH, int DW,
+                           int OH, int OW)
 {
-    if (KH == 3 && KW == 3 && SH == 2 && SW == 2 && PH == 0 && PW == 0 && OH > 0 && OW > 0
-        && 2 * OH + 1 <= H && 2 * OW + 1 <= W && W <= POOL_MAX_W) {
+    if (KH < 1 || KW < 1 || SH < 1 || SW < 1 || PH < 0 || PW < 0 || DH < 1 || DW < 1)
+        return ACN_EINVAL;
+    if (indices == NULL && KH == 3 && KW == 3 && SH == 2 && SW == 2 && PH == 0 && PW == 0 && DH == 1 && DW == 1
+        && OH > 0 && OW > 0 && 2 * OH + 1 <= H && 2 * OW + 1 <= W && W <= POOL_MAX_W) {
         max_pool_3x3s2(out, inp, NC, H, W, OH, OW);
         return ACN_OK;
     }
@@ -96,21 +103,32 @@ int max_pool2d_forward_cpu(float *out, const float *inp, int NC, int H, int W,
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && NC > 1)
     for (int p = 0; p < NC; p++) {
         const float *plane = inp + (size_t)p * H * W;
-        float *o = out + (size_t)p * OH * OW;
+        const size_t o0 = (size_t)p * OH * OW;
         for (int oh = 0; oh < OH; oh++) {
-            const int h0 = oh * SH - PH;
-            const int hs = h0 < 0 ? 0 : h0, he = h0 + KH > H ? H : h0 + KH;
+            int hs = oh * SH - PH;
+            const long long he_ll = (long long)hs + (long long)(KH - 1) * DH + 1;
+            const int he = he_ll > H ? H : (int)he_ll;
+            while (hs < 0)
+                hs += DH;
             for (int ow = 0; ow < OW; ow++) {
-                const int w0 = ow * SW - PW;
-                const int ws = w0 < 0 ? 0 : w0, we = w0 + KW > W ? W : w0 + KW;
+                int ws = ow * SW - PW;
+                const long long we_ll = (long long)ws + (long long)(KW - 1) * DW + 1;
+                const int we = we_ll > W ? W : (int)we_ll;
+                while (ws < 0)
+                    ws += DW;
                 float m = -INFINITY;
-                for (int h = hs; h < he; h++)
-                    for (int w = ws; w < we; w++) {
+                int64_t at = (int64_t)hs * W + ws;
+                for (int h = hs; h < he; h += DH)
+                    for (int w = ws; w < we; w += DW) {
                         const float v = plane[(size_t)h * W + w];
-                        if (v > m || isnan(v))   /* as PyTorch: NaN wins */
+                        if (v > m || isnan(v)) {   /* as PyTorch: NaN wins */
                             m = v;
+                            at = (int64_t)h * W + w;
+                        }
                     }
-                o[(size_t)oh * OW + ow] = m;
+                out[o0 + (size_t)oh * OW + ow] = m;
+                if (indices)
+                    indices[o0 + (size_t)oh * OW + ow] = at;
             }
         }
     }

@@ -2,7 +2,7 @@
  * fused in the epilogue. The GEMM reads the input image where the CPU's direct loop
  * would (conv2d_forward_naive):
  *   out[n][oc][oh][ow] = bias[oc] + sum_{c,kh,kw} weight[oc][c][kh][kw]
- *                        * inp[n][g*Cg + c][oh*SH - PH + kh][ow*SW - PW + kw]
+ *                        * inp[n][g*Cg + c][oh*SH - PH + kh*DH][ow*SW - PW + kw*DW]
  * with g = oc / OCg and zero outside the image.
  */
 #include <limits.h>
@@ -13,17 +13,18 @@ namespace acn {
 
 acn_status conv2d_forward_cuda(float *out, const float *inp, const float *weight,
                                const float *bias, int N, int C, int H, int W, int OC,
-                               int KH, int KW, int SH, int SW, int PH, int PW, int groups,
-                               int relu, Precision precision, cudaStream_t stream) {
+                               int KH, int KW, int SH, int SW, int PH, int PW, int DH, int DW,
+                               int groups, int relu, Precision precision, cudaStream_t stream) {
     if (N < 0 || C < 1 || H < 1 || W < 1 || OC < 1 || KH < 1 || KW < 1 || SH < 1 || SW < 1 ||
-        PH < 0 || PW < 0 || groups < 1 || C % groups || OC % groups)
+        PH < 0 || PW < 0 || DH < 1 || DW < 1 || groups < 1 || C % groups || OC % groups)
         return cuda_fail_msg(ACN_EINVAL, "conv2d: invalid sizes (C=%d OC=%d groups=%d)", C, OC,
                              groups);
-    const long long OH = ((long long)H + 2LL * PH - KH) / SH + 1;
-    const long long OW = ((long long)W + 2LL * PW - KW) / SW + 1;
-    if ((long long)H + 2LL * PH < KH || (long long)W + 2LL * PW < KW)
-        return cuda_fail_msg(ACN_EINVAL, "conv2d: kernel %dx%d larger than the padded input",
-                             KH, KW);
+    const long long EKH = (long long)DH * (KH - 1) + 1, EKW = (long long)DW * (KW - 1) + 1;
+    const long long OH = ((long long)H + 2LL * PH - EKH) / SH + 1;
+    const long long OW = ((long long)W + 2LL * PW - EKW) / SW + 1;
+    if ((long long)H + 2LL * PH < EKH || (long long)W + 2LL * PW < EKW)
+        return cuda_fail_msg(ACN_EINVAL, "conv2d: kernel %dx%d (dilation %dx%d) larger than the "
+                             "padded input", KH, KW, DH, DW);
     if (N == 0) return ACN_OK;
     /* The kernel indexes one image, one output plane set and the pixel count with int. */
     const long long P = (long long)N * OH * OW;
@@ -47,6 +48,8 @@ acn_status conv2d_forward_cuda(float *out, const float *inp, const float *weight
     a.SW = SW;
     a.PH = PH;
     a.PW = PW;
+    a.DH = DH;
+    a.DW = DW;
     a.Cg = C / groups;
     a.OCg = OC / groups;
     a.K = a.Cg * KH * KW;
@@ -56,22 +59,25 @@ acn_status conv2d_forward_cuda(float *out, const float *inp, const float *weight
     a.div_kw = FastDiv(KW);
     a.div_ohw = FastDiv(a.OHW);
     a.div_ow = FastDiv(a.OW);
-    return gemm_tiled<BLoad::Image>(a, groups, precision, stream, "conv2d kernel");
+    if (DH == 1 && DW == 1)
+        return gemm_tiled<BLoad::Image>(a, groups, precision, stream, "conv2d kernel");
+    return gemm_tiled<BLoad::DilatedImage>(a, groups, precision, stream, "conv2d kernel");
 }
 
 }  // namespace acn
 
 extern "C" int conv2d_host_cuda(float *out, const float *inp, const float *weight,
                                 const float *bias, int N, int C, int H, int W, int OC, int KH,
-                                int KW, int SH, int SW, int PH, int PW, int groups, int relu,
-                                int tf32) {
+                                int KW, int SH, int SW, int PH, int PW, int DH, int DW,
+                                int groups, int relu, int tf32) {
     using namespace acn;
+    const long long EKH = (long long)DH * (KH - 1) + 1, EKW = (long long)DW * (KW - 1) + 1;
     if (N < 0 || C < 1 || H < 1 || W < 1 || OC < 1 || KH < 1 || KW < 1 || SH < 1 || SW < 1 ||
-        PH < 0 || PW < 0 || groups < 1 || C % groups || OC % groups ||
-        (long long)H + 2LL * PH < KH || (long long)W + 2LL * PW < KW)
+        PH < 0 || PW < 0 || DH < 1 || DW < 1 || groups < 1 || C % groups || OC % groups ||
+        (long long)H + 2LL * PH < EKH || (long long)W + 2LL * PW < EKW)
         return cuda_fail_msg(ACN_EINVAL, "conv2d: invalid sizes");
-    const size_t OH = (size_t)(((long long)H + 2LL * PH - KH) / SH + 1);
-    const size_t OW = (size_t)(((long long)W + 2LL * PW - KW) / SW + 1);
+    const size_t OH = (size_t)(((long long)H + 2LL * PH - EKH) / SH + 1);
+    const size_t OW = (size_t)(((long long)W + 2LL * PW - EKW) / SW + 1);
     const size_t n_out = (size_t)N * OC * OH * OW;
     if (n_out == 0) return ACN_OK;
     const Precision precision = tf32 ? Precision::Tf32 : Precision::Float32;
@@ -85,6 +91,6 @@ extern "C" int conv2d_host_cuda(float *out, const float *inp, const float *weigh
     if (bias) ACN_TRY(mem.upload(&d_bias, bias, (size_t)OC, stream, "conv2d bias"));
     ACN_TRY(mem.alloc(&d_out, n_out, "conv2d output"));
     ACN_TRY(conv2d_forward_cuda(d_out, d_inp, d_weight, d_bias, N, C, H, W, OC, KH, KW, SH, SW,
-                                PH, PW, groups, relu, precision, stream));
+                                PH, PW, DH, DW, groups, relu, precision, stream));
     return download_and_wait(out, d_out, n_out, stream);
 }

@@ -68,13 +68,20 @@ public:
     DeviceBuffers(const DeviceBuffers &) = delete;
     DeviceBuffers &operator=(const DeviceBuffers &) = delete;
     ~DeviceBuffers();
-    /* *ptr = cudaMalloc(count floats), or NULL when count == 0. */
-    acn_status alloc(float **ptr, size_t count, const char *what);
+    /* *ptr = cudaMalloc(count elements), or NULL when count == 0. */
+    template <class T>
+    acn_status alloc(T **ptr, size_t count, const char *what) {
+        void *p = nullptr;
+        const acn_status st = alloc_bytes(&p, count, sizeof(T), what);
+        *ptr = static_cast<T *>(p);
+        return st;
+    }
     /* alloc + cudaMemcpyAsync from the host on stream. */
     acn_status upload(float **ptr, const float *host, size_t count, cudaStream_t stream,
                       const char *what);
 
 private:
+    acn_status alloc_bytes(void **ptr, size_t count, size_t size, const char *what);
     void *ptrs_[4] = {nullptr, nullptr, nullptr, nullptr};
     int n_ = 0;
 };
@@ -121,12 +128,12 @@ struct FastDiv {
 /* out (N,OC,OH,OW), inp (N,C,H,W), weight (OC,C/groups,KH,KW), bias (OC) or NULL. */
 acn_status conv2d_forward_cuda(float *out, const float *inp, const float *weight,
                                const float *bias, int N, int C, int H, int W, int OC,
-                               int KH, int KW, int SH, int SW, int PH, int PW, int groups,
-                               int relu, Precision precision, cudaStream_t stream);
-/* out (N*C,OH,OW), inp (N*C,H,W). */
-acn_status max_pool2d_forward_cuda(float *out, const float *inp, int NC, int H, int W,
-                                   int KH, int KW, int SH, int SW, int PH, int PW,
-                                   int OH, int OW, cudaStream_t stream);
+                               int KH, int KW, int SH, int SW, int PH, int PW, int DH, int DW,
+                               int groups, int relu, Precision precision, cudaStream_t stream);
+/* out (N*C,OH,OW), indices (N*C,OH,OW) or NULL, inp (N*C,H,W). */
+acn_status max_pool2d_forward_cuda(float *out, int64_t *indices, const float *inp, int NC,
+                                   int H, int W, int KH, int KW, int SH, int SW, int PH,
+                                   int PW, int DH, int DW, int OH, int OW, cudaStream_t stream);
 acn_status adaptive_avg_pool2d_forward_cuda(float *out, const float *inp, int NC, int H,
                                             int W, int OH, int OW, cudaStream_t stream);
 /* out (N,O), inp (N,I), weight (O,I), bias (O) or NULL. */

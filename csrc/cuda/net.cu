@@ -216,7 +216,7 @@ acn_status run_layers(const acn_cuda_net *net, const Workspace &ws, int N, int H
         float *y = take();
         ACN_TRY(acn::conv2d_forward_cuda(y, x, net->w[2 * i], net->w[2 * i + 1], N, c, h, w,
                                          cs.out_c, cs.k, cs.k, cs.stride, cs.stride, cs.pad,
-                                         cs.pad, 1, /*relu=*/1, net->precision, st));
+                                         cs.pad, 1, 1, 1, /*relu=*/1, net->precision, st));
         mark(conv_names[i]);
         x = y;
         c = cs.out_c;
@@ -225,8 +225,8 @@ acn_status run_layers(const acn_cuda_net *net, const Workspace &ws, int N, int H
         if (cs.pool_after) {
             const int ph = conv_out(h, kPoolK, kPoolS, 0), pw = conv_out(w, kPoolK, kPoolS, 0);
             y = take();
-            ACN_TRY(acn::max_pool2d_forward_cuda(y, x, N * c, h, w, kPoolK, kPoolK, kPoolS,
-                                                 kPoolS, 0, 0, ph, pw, st));
+            ACN_TRY(acn::max_pool2d_forward_cuda(y, nullptr, x, N * c, h, w, kPoolK, kPoolK,
+                                                 kPoolS, kPoolS, 0, 0, 1, 1, ph, pw, st));
             mark(pool_names[i]);
             x = y;
             h = ph;

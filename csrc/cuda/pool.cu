@@ -20,30 +20,41 @@ constexpr unsigned kMaxBlocks = 65535u * 8u;
 constexpr size_t kIntTotalMax = (size_t)INT_MAX - (size_t)kMaxBlocks * kThreads;
 
 /* Idx is int when N*C*OH*OW (plus one grid stride, so the loop cannot overflow)
- * fits, so the index split costs 32-bit divisions; size_t beyond. */
+ * fits, so the index split costs 32-bit divisions; size_t beyond.
+ * The window's loops are the CPU kernel's (max_pool2d_forward_cpu), so that ties and
+ * NaN give the same index: the first tap inside the plane to start, then any greater
+ * value or any NaN. indices (a branch the whole grid takes alike) may be NULL. */
 template <typename Idx>
 __global__ void __launch_bounds__(kThreads)
-max_pool2d_kernel(float *out, const float *inp, Idx total, int H, int W, int KH, int KW,
-                  int SH, int SW, int PH, int PW, int OH, int OW) {
+max_pool2d_kernel(float *out, int64_t *indices, const float *inp, Idx total, int H, int W,
+                  int KH, int KW, int SH, int SW, int PH, int PW, int DH, int DW, int OH,
+                  int OW) {
     for (Idx idx = (Idx)blockIdx.x * kThreads + threadIdx.x; idx < total;
          idx += (Idx)gridDim.x * kThreads) {
         const int ow = (int)(idx % OW);
         const int oh = (int)(idx / OW % OH);
         const Idx nc = idx / OW / OH;
         const float *plane = inp + (size_t)nc * H * W;
-        /* Padding is -inf: it never wins. NaN wins and then stays, as in PyTorch. */
+        int hs = oh * SH - PH, ws = ow * SW - PW;
+        int he = hs + (KH - 1) * DH + 1, we = ws + (KW - 1) * DW + 1;
+        if (he > H) he = H;
+        if (we > W) we = W;
+        while (hs < 0) hs += DH;
+        while (ws < 0) ws += DW;
+        /* Padding is -inf: it never wins. NaN wins, as in PyTorch. */
         float m = -INFINITY;
-        for (int kh = 0; kh < KH; ++kh) {
-            const int ih = oh * SH - PH + kh;
-            if (ih < 0 || ih >= H) continue;
-            for (int kw = 0; kw < KW; ++kw) {
-                const int iw = ow * SW - PW + kw;
-                if (iw < 0 || iw >= W) continue;
+        /* 64-bit: a window with no tap in the plane reports where it would start. */
+        long long at = (long long)hs * W + ws;
+        for (int ih = hs; ih < he; ih += DH)
+            for (int iw = ws; iw < we; iw += DW) {
                 const float v = __ldg(plane + ih * W + iw);
-                if (v > m || isnan(v)) m = v;
+                if (v > m || isnan(v)) {
+                    m = v;
+                    at = ih * W + iw;
+                }
             }
-        }
         out[idx] = m;
+        if (indices) indices[idx] = at;
     }
 }
 
@@ -76,20 +87,23 @@ unsigned grid_for(size_t total) {
 
 }  // namespace
 
-acn_status max_pool2d_forward_cuda(float *out, const float *inp, int NC, int H, int W,
-                                   int KH, int KW, int SH, int SW, int PH, int PW, int OH,
-                                   int OW, cudaStream_t stream) {
+acn_status max_pool2d_forward_cuda(float *out, int64_t *indices, const float *inp, int NC,
+                                   int H, int W, int KH, int KW, int SH, int SW, int PH,
+                                   int PW, int DH, int DW, int OH, int OW, cudaStream_t stream) {
+    /* The window's ends, (OH-1)*SH - PH + (KH-1)*DH + 1, are computed in int. */
     if (NC < 0 || H < 1 || W < 1 || KH < 1 || KW < 1 || SH < 1 || SW < 1 || PH < 0 || PW < 0 ||
-        OH < 0 || OW < 0 || (long long)H * W > INT_MAX)
+        DH < 1 || DW < 1 || OH < 0 || OW < 0 || (long long)H * W > INT_MAX ||
+        (long long)OH * SH + (long long)KH * DH > INT_MAX ||
+        (long long)OW * SW + (long long)KW * DW > INT_MAX)
         return cuda_fail_msg(ACN_EINVAL, "max_pool2d: invalid sizes");
     const size_t total = (size_t)NC * OH * OW;
     if (total == 0) return ACN_OK;
     if (total <= kIntTotalMax)
         max_pool2d_kernel<int><<<grid_for(total), kThreads, 0, stream>>>(
-            out, inp, (int)total, H, W, KH, KW, SH, SW, PH, PW, OH, OW);
+            out, indices, inp, (int)total, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW);
     else
         max_pool2d_kernel<size_t><<<grid_for(total), kThreads, 0, stream>>>(
-            out, inp, total, H, W, KH, KW, SH, SW, PH, PW, OH, OW);
+            out, indices, inp, total, H, W, KH, KW, SH, SW, PH, PW, DH, DW, OH, OW);
     return check_launch("max_pool2d kernel");
 }
 
@@ -113,10 +127,11 @@ acn_status adaptive_avg_pool2d_forward_cuda(float *out, const float *inp, int NC
 namespace {
 
 // The host-pointer entry points of both pools: upload (NC, H, W), run `launch`
-// into a device (NC, OH, OW), download. `op` names the op in every message.
+// into a device (NC, OH, OW) (and its indices, when `indices` is not NULL), download.
+// `op` names the op in every message.
 template <class Launch>
-int pool_host_call(const char *op, float *out, const float *inp, int NC, int H, int W, int OH, int OW,
-                   Launch launch) {
+int pool_host_call(const char *op, float *out, int64_t *indices, const float *inp, int NC, int H,
+                   int W, int OH, int OW, Launch launch) {
     using namespace acn;
     if (NC < 0 || H < 1 || W < 1 || OH < 0 || OW < 0)
         return cuda_fail_msg(ACN_EINVAL, "%s: invalid sizes", op);
@@ -130,25 +145,35 @@ int pool_host_call(const char *op, float *out, const float *inp, int NC, int H, 
     ACN_TRY(mem.upload(&d_inp, inp, (size_t)NC * H * W, stream, what));
     snprintf(what, sizeof what, "%s output", op);
     ACN_TRY(mem.alloc(&d_out, n_out, what));
-    ACN_TRY(launch(d_out, d_inp, stream));
+    int64_t *d_idx = nullptr;
+    if (indices) {
+        snprintf(what, sizeof what, "%s indices", op);
+        ACN_TRY(mem.alloc(&d_idx, n_out, what));
+    }
+    ACN_TRY(launch(d_out, d_idx, d_inp, stream));
+    if (indices)
+        ACN_CUDA_TRY(cudaMemcpyAsync(indices, d_idx, n_out * sizeof(int64_t), cudaMemcpyDeviceToHost,
+                                     stream),
+                     "copy of the indices to the host");
     return download_and_wait(out, d_out, n_out, stream);
 }
 
 }  // namespace
 
-extern "C" int max_pool2d_host_cuda(float *out, const float *inp, int NC, int H, int W, int KH,
-                                    int KW, int SH, int SW, int PH, int PW, int OH, int OW) {
-    return pool_host_call("max_pool2d", out, inp, NC, H, W, OH, OW,
-                          [&](float *d_out, const float *d_inp, cudaStream_t stream) {
-                              return acn::max_pool2d_forward_cuda(d_out, d_inp, NC, H, W, KH, KW, SH, SW,
-                                                                  PH, PW, OH, OW, stream);
+extern "C" int max_pool2d_host_cuda(float *out, int64_t *indices, const float *inp, int NC, int H,
+                                    int W, int KH, int KW, int SH, int SW, int PH, int PW, int DH,
+                                    int DW, int OH, int OW) {
+    return pool_host_call("max_pool2d", out, indices, inp, NC, H, W, OH, OW,
+                          [&](float *d_out, int64_t *d_idx, const float *d_inp, cudaStream_t stream) {
+                              return acn::max_pool2d_forward_cuda(d_out, d_idx, d_inp, NC, H, W, KH, KW,
+                                                                  SH, SW, PH, PW, DH, DW, OH, OW, stream);
                           });
 }
 
 extern "C" int adaptive_avg_pool2d_host_cuda(float *out, const float *inp, int NC, int H, int W,
                                              int OH, int OW) {
-    return pool_host_call("adaptive_avg_pool2d", out, inp, NC, H, W, OH, OW,
-                          [&](float *d_out, const float *d_inp, cudaStream_t stream) {
+    return pool_host_call("adaptive_avg_pool2d", out, nullptr, inp, NC, H, W, OH, OW,
+                          [&](float *d_out, int64_t *, const float *d_inp, cudaStream_t stream) {
                               return acn::adaptive_avg_pool2d_forward_cuda(d_out, d_inp, NC, H, W, OH, OW,
                                                                            stream);
                           });

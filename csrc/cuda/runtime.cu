@@ -104,16 +104,17 @@ DeviceBuffers::~DeviceBuffers() {
     (void)cudaGetLastError();
 }
 
-acn_status DeviceBuffers::alloc(float **ptr, size_t count, const char *what) {
+acn_status DeviceBuffers::alloc_bytes(void **ptr, size_t count, size_t size, const char *what) {
     *ptr = nullptr;
     if (count == 0) return ACN_OK;
     if (n_ == 4) return cuda_fail_msg(ACN_EINVAL, "%s: too many scratch buffers", what);
-    if (count > SIZE_MAX / sizeof(float))
-        return cuda_fail_msg(ACN_ECUDA_OOM, "%s: %zu floats do not fit in memory", what, count);
+    if (count > SIZE_MAX / size)
+        return cuda_fail_msg(ACN_ECUDA_OOM, "%s: %zu elements of %zu bytes do not fit in memory",
+                             what, count, size);
     void *p = nullptr;
-    ACN_CUDA_TRY(cudaMalloc(&p, count * sizeof(float)), what);
+    ACN_CUDA_TRY(cudaMalloc(&p, count * size), what);
     ptrs_[n_++] = p;
-    *ptr = static_cast<float *>(p);
+    *ptr = p;
     return ACN_OK;
 }
 

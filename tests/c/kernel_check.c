@@ -57,19 +57,21 @@ static void verdict(const char *what, int status, const float *ours, const float
     }
 }
 
-static void check_conv(const char *isa, int threads, const int c[9])
+static void check_conv(const char *isa, int threads, const int c[10])
 {
     const int N = c[0], C = c[1], H = c[2], W = c[3], OC = c[4], K = c[5], S = c[6], P = c[7], G = c[8];
-    const int OH = (H + 2 * P - K) / S + 1, OW = (W + 2 * P - K) / S + 1;
+    const int D = c[9] ? c[9] : 1;
+    const int OH = (H + 2 * P - D * (K - 1) - 1) / S + 1, OW = (W + 2 * P - D * (K - 1) - 1) / S + 1;
     const size_t on = (size_t)N * OC * OH * OW;
     float *x = random_floats((size_t)N * C * H * W), *w = random_floats((size_t)OC * (C / G) * K * K);
     float *b = random_floats((size_t)OC), *ours = malloc(on * sizeof(float)), *ref = malloc(on * sizeof(float));
     char what[160];
     for (int relu = 0; relu <= 1; relu++) {
-        snprintf(what, sizeof what, "conv2d %s %dt N%d C%d %dx%d OC%d k%d s%d p%d g%d relu%d winograd %s", isa,
-                 threads, N, C, H, W, OC, K, S, P, G, relu, acn_wino_mode_name(acn_get_winograd()));
-        int st = conv2d_forward_cpu(ours, x, w, relu ? b : NULL, N, C, H, W, OC, K, K, S, S, P, P, G, relu, NULL);
-        conv2d_forward_naive(ref, x, w, relu ? b : NULL, N, C, H, W, OC, K, K, S, S, P, P, G, relu, NULL);
+        snprintf(what, sizeof what, "conv2d %s %dt N%d C%d %dx%d OC%d k%d s%d p%d d%d g%d relu%d winograd %s", isa,
+                 threads, N, C, H, W, OC, K, S, P, D, G, relu, acn_wino_mode_name(acn_get_winograd()));
+        int st = conv2d_forward_cpu(ours, x, w, relu ? b : NULL, N, C, H, W, OC, K, K, S, S, P, P, D, D, G, relu,
+                                    NULL);
+        conv2d_forward_naive(ref, x, w, relu ? b : NULL, N, C, H, W, OC, K, K, S, S, P, P, D, D, G, relu, NULL);
         verdict(what, st, ours, ref, on);
     }
     free(x); free(w); free(b); free(ours); free(ref);
@@ -90,7 +92,7 @@ static void check_linear(const char *isa, int threads, int N, int In, int Out)
 
 int main(void)
 {
-    static const int convs[][9] = {
+    static const int convs[][10] = {   /* N C H W OC K S P G, dilation (0: 1) */
         {1, 3, 35, 35, 64, 11, 4, 2, 1},   /* conv1-like, phase-split input */
         {2, 3, 31, 31, 96, 11, 4, 0, 1},
         {1, 64, 15, 15, 192, 5, 1, 2, 1},  /* K = 1600 */
@@ -101,6 +103,8 @@ int main(void)
         {1, 2, 3, 3, 5, 1, 5, 0, 1},       /* stride above the width */
         {64, 16, 6, 6, 12, 3, 1, 1, 1},
         {2, 7, 10, 11, 17, 5, 1, 2, 1},    /* 5x5, odd output: Winograd blocks past the kernel */
+        {2, 6, 19, 17, 10, 3, 1, 2, 1, 2}, /* dilated: no Winograd, taps two rows apart */
+        {1, 3, 35, 33, 8, 5, 3, 4, 1, 2},  /* dilated and phase-split: tap kw reads phase 2*kw % 3 */
     };
     static const int linears[][3] = {{1, 9216, 37}, {3, 100, 7}, {8, 2051, 66}, {9, 1030, 101},
                                      {16, 4099, 97}, {64, 1500, 130}, {17, 0, 5}, {12, 31, 1}};
