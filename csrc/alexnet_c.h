@@ -99,7 +99,8 @@ int conv2d_forward_naive(float *out, const float *inp, const float *weight, cons
  * -inf; NaN propagates. Window (oh, ow) takes rows oh*SH - PH + kh*DH, kh < KH, and
  * columns likewise. indices: where in its (H, W) plane each maximum is, as PyTorch
  * reports it (h*W + w; the first of equal maxima, the last NaN; a window of -inf
- * only gives its first tap inside the plane).
+ * only gives its first tap inside the plane; with no tap inside, where it would
+ * start, past the plane).
  * OH, OW are computed by the caller (PyTorch's ceil_mode rule lives there).
  */
 int max_pool2d_forward_cpu(float *out, int64_t *indices, const float *inp, int NC, int H, int W,

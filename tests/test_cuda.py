@@ -137,6 +137,8 @@ def test_max_pool2d(rng, xs, k, s, p, ceil):
     ((2, 64, 55, 55), 3, 2, 0, 1, False),
     ((1, 1, 7, 7), 2, 3, 1, 3, True),
     ((1, 2, 5, 6), (1, 2), 1, 0, (2**31 - 1, 2), False),   # one tap high: its dilation is moot
+    ((1, 1, 4, 5), 2, 2**31 - 1, 0, 1, False),            # a stride near INT_MAX: one window
+    ((1, 1, 1, 1), 2, 1, 1, 2, False),                    # windows wholly in padding
 ])
 def test_max_pool2d_dilation_and_indices(rng, xs, k, s, p, d, ceil):
     # Values with ties (small integers), NaN and a plane of -inf: each makes the index
@@ -144,7 +146,8 @@ def test_max_pool2d_dilation_and_indices(rng, xs, k, s, p, d, ceil):
     x = rng.integers(-2, 3, xs).astype(np.float32)
     x.flat[rng.choice(x.size, max(1, x.size // 20), replace=False)] = np.nan
     x[0, 0] = -np.inf
-    ref, ref_idx = F.max_pool2d(t64(x), k, s, p, d, ceil, return_indices=True)
+    # PyTorch's CPU kernel is the reference: the index rule is written after it
+    ref, ref_idx = F.max_pool2d(torch.from_numpy(x).double(), k, s, p, d, ceil, return_indices=True)
     ours, idx = ac.max_pool2d(x, k, s, p, d, ceil, True, device="cuda")
     assert idx.dtype == np.int64 and idx.shape == ours.shape == tuple(ref.shape)
     np.testing.assert_array_equal(ours, ref.numpy().astype(np.float32))

@@ -118,8 +118,9 @@ int max_pool2d_forward_cpu(float *out, int64_t *indices, const float *inp, int N
                     ws += DW;
                 float m = -INFINITY;
                 int64_t at = (int64_t)hs * W + ws;
-                for (int h = hs; h < he; h += DH)
-                    for (int w = ws; w < we; w += DW) {
+                /* 64-bit steps: h + DH may pass INT_MAX after the last tap */
+                for (long long h = hs; h < he; h += DH)
+                    for (long long w = ws; w < we; w += DW) {
                         const float v = plane[(size_t)h * W + w];
                         if (v > m || isnan(v)) {   /* as PyTorch: NaN wins */
                             m = v;

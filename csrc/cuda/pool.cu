@@ -93,8 +93,8 @@ acn_status max_pool2d_forward_cuda(float *out, int64_t *indices, const float *in
     /* The window's ends, (OH-1)*SH - PH + (KH-1)*DH + 1, are computed in int. */
     if (NC < 0 || H < 1 || W < 1 || KH < 1 || KW < 1 || SH < 1 || SW < 1 || PH < 0 || PW < 0 ||
         DH < 1 || DW < 1 || OH < 0 || OW < 0 || (long long)H * W > INT_MAX ||
-        (long long)OH * SH + (long long)KH * DH > INT_MAX ||
-        (long long)OW * SW + (long long)KW * DW > INT_MAX)
+        (long long)(OH - 1) * SH + (long long)KH * DH > INT_MAX ||
+        (long long)(OW - 1) * SW + (long long)KW * DW > INT_MAX)
         return cuda_fail_msg(ACN_EINVAL, "max_pool2d: invalid sizes");
     const size_t total = (size_t)NC * OH * OW;
     if (total == 0) return ACN_OK;
