@@ -24,6 +24,17 @@ typedef enum {
     ACN_EUNSUPPORTED = 6 /* this device cannot do what was asked (TF32 below sm_80) */
 } acn_status;
 
+/* ---- output sizes: one definition for the glue, the kernels and the nets ----
+ * K taps spaced D apart span D*(K-1) + 1 input rows. A window of that span slides over
+ * the n rows padded by p on each side in steps of s: PyTorch's floor-mode output size,
+ * 0 when the span does not fit (ceil_mode's extra window is the glue's). */
+static inline long long acn_dilated_span(int k, int d) { return (long long)d * (k - 1) + 1; }
+static inline long long acn_out_size(long long n, int k, int s, int p, int d)
+{
+    const long long room = n + 2LL * p - acn_dilated_span(k, d);
+    return room < 0 ? 0 : room / s + 1;
+}
+
 /* ---- threads (cpu/threads.c) ------------------------------------------- */
 int acn_get_num_threads(void);
 void acn_set_num_threads(int n);
@@ -81,7 +92,7 @@ int sgemm_naive(float *C, ptrdiff_t ldc,
 /* ---- convolution (cpu/conv2d.c) -----------------------------------------
  * out (N,OC,OH,OW), inp (N,C,H,W), weight (OC,C/groups,KH,KW), bias (OC) or NULL.
  * Tap (kh, kw) of output (oh, ow) reads input (oh*SH - PH + kh*DH, ow*SW - PW + kw*DW).
- * OH = (H + 2*PH - DH*(KH-1) - 1)/SH + 1, OW likewise; the caller checks OH, OW >= 1.
+ * OH = acn_out_size(H, KH, SH, PH, DH), OW likewise; the caller checks OH, OW >= 1.
  * work: conv2d_workspace_floats(...) floats, or NULL for the kernel to allocate.
  */
 size_t conv2d_workspace_floats(int C, int H, int W, int OC, int KH, int KW,

@@ -101,6 +101,19 @@ static void shape_error(const char *msg, const char *what, PyArrayObject *a)
     Py_DECREF(shape);
 }
 
+/* "<what> (KH, KW) is larger than the padded input (HP, WP)", the dilated form saying
+ * what the window spans, for a window that does not fit its input. */
+static void window_too_large(char *msg, size_t len, const char *what, int KH, int KW, int DH, int DW,
+                             long long HP, long long WP)
+{
+    if (DH == 1 && DW == 1)
+        snprintf(msg, len, "%s (%d, %d) is larger than the padded input (%lld, %lld)", what, KH, KW, HP, WP);
+    else
+        snprintf(msg, len, "%s (%d, %d) with dilation (%d, %d) spans (%lld, %lld), more than the padded "
+                 "input (%lld, %lld)", what, KH, KW, DH, DW, acn_dilated_span(KH, DH), acn_dilated_span(KW, DW),
+                 HP, WP);
+}
+
 static int require_ndim(PyArrayObject *a, int nd, const char *op, const char *name, const char *layout)
 {
     if (PyArray_NDIM(a) == nd)
@@ -266,17 +279,10 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args)
         shape_error(msg, "bias", b);
         goto fail;
     }
-    /* The span a dilated kernel covers: DH*(KH-1) + 1 rows. */
-    const long long EKH = (long long)DH * (KH - 1) + 1, EKW = (long long)DW * (KW - 1) + 1;
-    if ((long long)H + 2LL * PH < EKH || (long long)W + 2LL * PW < EKW) {
+    const long long OH = acn_out_size(H, KH, SH, PH, DH), OW = acn_out_size(W, KW, SW, PW, DW);
+    if (OH < 1 || OW < 1) {
         char msg[240];
-        if (DH == 1 && DW == 1)
-            snprintf(msg, sizeof msg, "conv2d: kernel (%d, %d) is larger than the padded input (%lld, %lld)",
-                     KH, KW, (long long)H + 2LL * PH, (long long)W + 2LL * PW);
-        else
-            snprintf(msg, sizeof msg, "conv2d: kernel (%d, %d) with dilation (%d, %d) spans (%lld, %lld), more "
-                     "than the padded input (%lld, %lld)", KH, KW, DH, DW, EKH, EKW, (long long)H + 2LL * PH,
-                     (long long)W + 2LL * PW);
+        window_too_large(msg, sizeof msg, "conv2d: kernel", KH, KW, DH, DW, H + 2LL * PH, W + 2LL * PW);
         shape_error(msg, "input", x);
         goto fail;
     }
@@ -284,10 +290,10 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "conv2d: padded input must stay below 2**31");
         goto fail;
     }
-    const int OH = (int)((H + 2LL * PH - EKH) / SH + 1), OW = (int)((W + 2LL * PW - EKW) / SW + 1);
-    if ((long long)OH * OW * N > INT_MAX) {
+    /* OH*OW < 2**62 here, and N*OH*OW could wrap when C = 0 leaves the input empty. */
+    if (N > 0 && OH * OW > INT_MAX / N) {
         PyErr_Format(PyExc_ValueError, "conv2d: expected at most 2**31-1 output pixels in the batch "
-                     "(N*OH*OW), got %lld", (long long)OH * OW * N);
+                     "(N*OH*OW), got %d*%lld*%lld", N, OH, OW);
         goto fail;
     }
     /* The CPU kernel reads a zero-padded copy of the input: count it too. */
@@ -370,7 +376,7 @@ static long long floor_div(long long a, long long b) { return a >= 0 ? a / b : -
  * the input or the left padding. */
 static long long pool_out_size(long long in, int k, int s, int p, int d, int ceil_mode)
 {
-    long long out = floor_div(in + 2LL * p - (long long)d * (k - 1) - 1 + (ceil_mode ? s - 1 : 0), s) + 1;
+    long long out = floor_div(in + 2LL * p - acn_dilated_span(k, d) + (ceil_mode ? s - 1 : 0), s) + 1;
     if (ceil_mode && (out - 1) * s >= in + p)
         out--;
     return out;
@@ -415,18 +421,18 @@ static PyObject *py_max_pool2d(PyObject *self, PyObject *args)
     }
     const long long OH = pool_out_size(H, KH, SH, PH, DH, ceil_mode), OW = pool_out_size(W, KW, SW, PW, DW, ceil_mode);
     if (OH < 1 || OW < 1) {
-        char msg[400];
-        const long long EKH = (long long)DH * (KH - 1) + 1, EKW = (long long)DW * (KW - 1) + 1;
-        if (DH == 1 && DW == 1)
-            snprintf(msg, sizeof msg, "max_pool2d: output size would be (%lld, %lld), expected at least (1, 1): "
-                     "the window (%d, %d) is larger than the padded input (%lld, %lld)",
-                     OH, OW, KH, KW, (long long)H + 2LL * PH, (long long)W + 2LL * PW);
-        else
-            snprintf(msg, sizeof msg, "max_pool2d: output size would be (%lld, %lld), expected at least (1, 1): "
-                     "the window (%d, %d) with dilation (%d, %d) spans (%lld, %lld), more than the padded input "
-                     "(%lld, %lld)", OH, OW, KH, KW, DH, DW, EKH, EKW, (long long)H + 2LL * PH,
-                     (long long)W + 2LL * PW);
+        char window[240], msg[400];
+        window_too_large(window, sizeof window, "the window", KH, KW, DH, DW, H + 2LL * PH, W + 2LL * PW);
+        snprintf(msg, sizeof msg, "max_pool2d: output size would be (%lld, %lld), expected at least (1, 1): %s",
+                 OH, OW, window);
         shape_error(msg, "input", x);
+        goto fail;
+    }
+    /* An even window padded by half of it at stride 1 gives one output pixel more than the
+     * input has: 2**31 for a 2**31-1 wide input, past the kernels' int sizes. */
+    if (OH > INT_MAX || OW > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "max_pool2d: expected an output size of at most 2**31-1 each way, "
+                     "got (%lld, %lld)", OH, OW);
         goto fail;
     }
     const npy_intp dims[4] = {N, C, (npy_intp)OH, (npy_intp)OW};

@@ -65,6 +65,13 @@ def test_returns_fresh_float32_arrays(rng):
     (lambda: ac.max_pool2d(np.zeros((1, 1, 8, 8)), 3, 2, 0, (1, 4)),
      "the window (3, 3) with dilation (1, 4) spans (3, 9), more than the padded input (8, 8)"),
     (lambda: ac.max_pool2d(np.zeros((1, 1, 8, 8)), 3, 2, 0, 0), "dilation >= 1, got kernel_size (3, 3)"),
+    # N*OH*OW checked without overflowing: 2**24 * (2**30 + 1)**2 is past 2**63
+    (lambda: ac.conv2d(np.zeros((1, 1, 1, 1)), np.zeros((1, 1, 1, 1)), padding=2**29),
+     "at most 2**31-1 output pixels in the batch (N*OH*OW), got 1*1073741825*1073741825"),
+    (lambda: ac.conv2d(np.zeros((2**24, 1, 1, 1), np.float32), np.zeros((1, 1, 1, 1)), padding=2**29),
+     "(N*OH*OW), got 16777216*1073741825*1073741825"),
+    (lambda: ac.conv2d(np.zeros((1, 1, 1, 1)), np.zeros((1, 1, 1, 1)), padding=2**30),
+     "padded input must stay below 2**31"),
     # a parameter of torch.nn.functional's taken at its default only
     (lambda: ac.relu(np.zeros(3), True), "relu: inplace=True is not supported"),
 ])

@@ -400,3 +400,28 @@ def test_pool_more_than_int_max_planes_is_right_or_refused(tmp_path, op):
     assert r.returncode == 0, r.stdout + r.stderr
     out = r.stdout.strip()
     assert out.startswith("refused") or out == "values 7.0 0.0", out
+
+
+_POOL_WIDE_OUTPUT = """
+    import sys
+    import numpy as np
+    import alexnet_c as ac
+    # A (1, 1, 1, 2**31 - 1) row (a sparse file: 8.6 GB of address space, one real page),
+    # window (1, 2), padding (0, 1), stride 1: 2**31 output pixels, one more than the input has.
+    path = sys.argv[1]
+    W = 2**31 - 1
+    with open(path, "wb") as f:
+        f.truncate(W * 4)
+    x = np.memmap(path, dtype=np.float32, mode="r", shape=(1, 1, 1, W))
+    try:
+        ac.max_pool2d(x, (1, 2), 1, (0, 1))
+    except ValueError as exc:
+        print(exc)
+"""
+
+
+def test_pool_output_wider_than_int_max_is_refused(tmp_path):
+    r = _run(_POOL_WIDE_OUTPUT, tmp_path / "row.f32")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip() == ("max_pool2d: expected an output size of at most 2**31-1 each way, "
+                                "got (1, 2147483648)"), r.stdout

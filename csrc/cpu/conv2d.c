@@ -197,7 +197,7 @@ int acn_conv2d_packed(float *out, const float *inp, const float *packed, const a
                       const float *bias, int N, int C, int H, int W, int OC, int KH, int KW,
                       int SH, int SW, int PH, int PW, int DH, int DW, int groups, int relu, float *work)
 {
-    const int OH = (H + 2 * PH - DH * (KH - 1) - 1) / SH + 1, OW = (W + 2 * PW - DW * (KW - 1) - 1) / SW + 1;
+    const int OH = (int)acn_out_size(H, KH, SH, PH, DH), OW = (int)acn_out_size(W, KW, SW, PW, DW);
     const int Cg = C / groups, OCg = OC / groups, Kg = Cg * KH * KW, P = OH * OW;
     const size_t per_group = acn_packed_a_floats(OCg, Kg, uk->MR);
     if ((long long)N * P > 0x7fffffff)
@@ -250,7 +250,7 @@ int conv2d_forward_cpu(float *out, const float *inp, const float *weight, const 
      * freed on return: a one-off huge call must not stay resident in a
      * per-thread buffer. (The network packs once and pads inside its arena.) */
     const acn_ukernel *uk = acn_active_ukernel();
-    const int OH = (H + 2 * PH - DH * (KH - 1) - 1) / SH + 1, OW = (W + 2 * PW - DW * (KW - 1) - 1) / SW + 1;
+    const int OH = (int)acn_out_size(H, KH, SH, PH, DH), OW = (int)acn_out_size(W, KW, SW, PW, DW);
     if (C > 0 && DH == 1 && DW == 1 && acn_wino_applies(KH, KW, SH, SW, groups, N, OH, OW, uk)) {
         float *u = malloc(acn_wino_packed_floats(C, OC, KH, uk->MR) * sizeof(float));
         int st = u != NULL && acn_wino_pack_weights(u, weight, C, OC, KH, uk->MR) == 1
@@ -280,7 +280,7 @@ int conv2d_forward_naive(float *out, const float *inp, const float *weight, cons
     (void)work;
     if (groups < 1 || C % groups || OC % groups || SH < 1 || SW < 1 || DH < 1 || DW < 1)
         return ACN_EINVAL;
-    const int OH = (H + 2 * PH - DH * (KH - 1) - 1) / SH + 1, OW = (W + 2 * PW - DW * (KW - 1) - 1) / SW + 1;
+    const int OH = (int)acn_out_size(H, KH, SH, PH, DH), OW = (int)acn_out_size(W, KW, SW, PW, DW);
     const int Cg = C / groups, OCg = OC / groups;
     const int nt = acn_get_num_threads();
 #pragma omp parallel for collapse(2) num_threads(nt) if (nt > 1)

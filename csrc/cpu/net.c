@@ -28,7 +28,7 @@ const acn_variant_spec *acn_variant(int variant)
     return (variant == ACN_VARIANT_TORCHVISION || variant == ACN_VARIANT_ORIGINAL) ? &variants[variant] : NULL;
 }
 
-static int out_size(int n, int k, int s, int p) { return n + 2 * p < k ? 0 : (n + 2 * p - k) / s + 1; }
+static int out_size(int n, int k, int s, int p) { return (int)acn_out_size(n, k, s, p, 1); }
 
 void net_feature_size(int variant, int H, int W, int *FH, int *FW)
 {

@@ -19,10 +19,8 @@ acn_status conv2d_forward_cuda(float *out, const float *inp, const float *weight
         PH < 0 || PW < 0 || DH < 1 || DW < 1 || groups < 1 || C % groups || OC % groups)
         return cuda_fail_msg(ACN_EINVAL, "conv2d: invalid sizes (C=%d OC=%d groups=%d)", C, OC,
                              groups);
-    const long long EKH = (long long)DH * (KH - 1) + 1, EKW = (long long)DW * (KW - 1) + 1;
-    const long long OH = ((long long)H + 2LL * PH - EKH) / SH + 1;
-    const long long OW = ((long long)W + 2LL * PW - EKW) / SW + 1;
-    if ((long long)H + 2LL * PH < EKH || (long long)W + 2LL * PW < EKW)
+    const long long OH = acn_out_size(H, KH, SH, PH, DH), OW = acn_out_size(W, KW, SW, PW, DW);
+    if (OH < 1 || OW < 1)
         return cuda_fail_msg(ACN_EINVAL, "conv2d: kernel %dx%d (dilation %dx%d) larger than the "
                              "padded input", KH, KW, DH, DW);
     if (N == 0) return ACN_OK;
@@ -71,13 +69,11 @@ extern "C" int conv2d_host_cuda(float *out, const float *inp, const float *weigh
                                 int KW, int SH, int SW, int PH, int PW, int DH, int DW,
                                 int groups, int relu, int tf32) {
     using namespace acn;
-    const long long EKH = (long long)DH * (KH - 1) + 1, EKW = (long long)DW * (KW - 1) + 1;
     if (N < 0 || C < 1 || H < 1 || W < 1 || OC < 1 || KH < 1 || KW < 1 || SH < 1 || SW < 1 ||
         PH < 0 || PW < 0 || DH < 1 || DW < 1 || groups < 1 || C % groups || OC % groups ||
-        (long long)H + 2LL * PH < EKH || (long long)W + 2LL * PW < EKW)
+        acn_out_size(H, KH, SH, PH, DH) < 1 || acn_out_size(W, KW, SW, PW, DW) < 1)
         return cuda_fail_msg(ACN_EINVAL, "conv2d: invalid sizes");
-    const size_t OH = (size_t)(((long long)H + 2LL * PH - EKH) / SH + 1);
-    const size_t OW = (size_t)(((long long)W + 2LL * PW - EKW) / SW + 1);
+    const size_t OH = (size_t)acn_out_size(H, KH, SH, PH, DH), OW = (size_t)acn_out_size(W, KW, SW, PW, DW);
     const size_t n_out = (size_t)N * OC * OH * OW;
     if (n_out == 0) return ACN_OK;
     const Precision precision = tf32 ? Precision::Tf32 : Precision::Float32;

@@ -129,10 +129,7 @@ void weight_sizes(const acn_variant_spec &s, int num_classes, size_t sizes[ACN_N
     sizes[15] = (size_t)num_classes;
 }
 
-int conv_out(int n, int k, int s, int p) {
-    const long long span = (long long)n + 2LL * p - k;
-    return span < 0 ? 0 : (int)(span / s + 1);
-}
+int conv_out(int n, int k, int s, int p) { return (int)acn_out_size(n, k, s, p, 1); }
 
 acn_status plan_forward(const acn_cuda_net *net, int N, int H, int W, Plan *plan) {
     const acn_variant_spec &s = net->spec;
