@@ -42,24 +42,47 @@ def tf32_flag(precision: str) -> bool:
         raise ValueError(f"precision must be 'float32' or 'tf32', got {precision!r}") from None
 
 
-def _int(value, name: str) -> int:
+_INT32_MIN, _INT32_MAX = -2**31, 2**31 - 1
+
+
+def _index(value, name: str, op: str) -> int:
     if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be an int, got bool")
+        raise TypeError(f"{op}: {name} must be an int, got bool")
     try:
         return operator.index(value)
     except TypeError:
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
+        raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__}") from None
 
 
-def _pair(value: IntOrPair, name: str) -> Tuple[int, int]:
+def _int(value, name: str, op: str) -> int:
+    """An int argument for the C layer, which takes 32-bit ints: out of that range it is
+    a ValueError naming it here (the C parser's OverflowError would name nothing)."""
+    v = _index(value, name, op)
+    if not _INT32_MIN <= v <= _INT32_MAX:
+        raise ValueError(f"{op}: expected {name} within -2**31..2**31-1, got {v}")
+    return v
+
+
+def _pair(value: IntOrPair, name: str, op: str) -> Tuple[int, int]:
     if isinstance(value, (tuple, list)):
         if len(value) == 1:
-            return _int(value[0], name), _int(value[0], name)
+            return _int(value[0], name, op), _int(value[0], name, op)
         if len(value) != 2:
-            raise ValueError(f"{name} must be an int or a pair of ints, got {tuple(value)!r}")
-        return _int(value[0], name), _int(value[1], name)
-    v = _int(value, name)
+            raise ValueError(f"{op}: {name} must be an int or a pair of ints, got {tuple(value)!r}")
+        return _int(value[0], name, op), _int(value[1], name, op)
+    v = _int(value, name, op)
     return v, v
+
+
+def _dim(dim, input, op: str) -> int:
+    """softmax's dim; past the int32 range it is out of range for any array, an
+    IndexError worded as the C layer's."""
+    d = _index(dim, "dim", op)
+    if not _INT32_MIN <= d <= _INT32_MAX:
+        nd = np.ndim(input)
+        span = max(nd, 1)
+        raise IndexError(f"{op}: dim {d} out of range for a {nd}-D input (expected {-span}..{span - 1})")
+    return d
 
 
 def _unbatched(x: np.ndarray, op: str) -> bool:
@@ -88,8 +111,8 @@ def conv2d(input, weight, bias=None, stride: IntOrPair = 1, padding: Union[IntOr
     precision='tf32' (device='cuda', compute capability 8.0+) multiplies on tensor cores
     with input and weight rounded to TF32; see README for its tolerance."""
     x, w = np.asarray(input), np.asarray(weight)
-    dh, dw = _pair(dilation, "dilation")
-    sh, sw = _pair(stride, "stride")
+    dh, dw = _pair(dilation, "dilation", "conv2d")
+    sh, sw = _pair(stride, "stride", "conv2d")
     if isinstance(padding, str):
         if padding == "valid":
             ph = pw = 0
@@ -110,10 +133,11 @@ def conv2d(input, weight, bias=None, stride: IntOrPair = 1, padding: Union[IntOr
         else:
             raise ValueError(f"conv2d: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
     else:
-        ph, pw = _pair(padding, "padding")
+        ph, pw = _pair(padding, "padding", "conv2d")
     single = _unbatched(x, "conv2d")
-    out = _C.conv2d(x[None] if single else x, w, bias, sh, sw, ph, pw, dh, dw, _int(groups, "groups"),
-                    device_code(device), _naive, tf32_flag(precision))
+    groups = _int(groups, "groups", "conv2d")
+    out = _C.conv2d(x[None] if single else x, w, bias, sh, sw, ph, pw, dh, dw, groups, device_code(device),
+                    _naive, tf32_flag(precision))
     return out[0] if single else out
 
 
@@ -135,11 +159,11 @@ def max_pool2d(input, kernel_size: IntOrPair, stride: Optional[IntOrPair] = None
     h * W + w in its input plane, the index PyTorch gives (the first of equal maxima,
     the last NaN of a window)."""
     x = np.asarray(input)
-    dh, dw = _pair(dilation, "dilation")
-    kh, kw = _pair(kernel_size, "kernel_size")
+    dh, dw = _pair(dilation, "dilation", "max_pool2d")
+    kh, kw = _pair(kernel_size, "kernel_size", "max_pool2d")
     sh, sw = (kh, kw) if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) \
-        else _pair(stride, "stride")
-    ph, pw = _pair(padding, "padding")
+        else _pair(stride, "stride", "max_pool2d")
+    ph, pw = _pair(padding, "padding", "max_pool2d")
     single = _unbatched(x, "max_pool2d")
     res = _C.max_pool2d(x[None] if single else x, kh, kw, sh, sw, ph, pw, dh, dw, bool(ceil_mode),
                         bool(return_indices), device_code(device))
@@ -150,15 +174,15 @@ def max_pool2d(input, kernel_size: IntOrPair, stride: Optional[IntOrPair] = None
 
 def adaptive_avg_pool2d(input, output_size, *, device: str = "cpu") -> np.ndarray:
     """Average pooling to a fixed output size (None keeps that input dimension)."""
-    x = np.asarray(input)
-    single = _unbatched(x, "adaptive_avg_pool2d")
+    x, op = np.asarray(input), "adaptive_avg_pool2d"
+    single = _unbatched(x, op)
     if isinstance(output_size, (tuple, list)):
         if len(output_size) != 2:
             raise ValueError(f"adaptive_avg_pool2d: output_size must be an int or a pair, got {output_size!r}")
-        oh = x.shape[-2] if output_size[0] is None else _int(output_size[0], "output_size")
-        ow = x.shape[-1] if output_size[1] is None else _int(output_size[1], "output_size")
+        oh = x.shape[-2] if output_size[0] is None else _int(output_size[0], "output_size", op)
+        ow = x.shape[-1] if output_size[1] is None else _int(output_size[1], "output_size", op)
     else:
-        oh = ow = _int(output_size, "output_size")
+        oh = ow = _int(output_size, "output_size", op)
     out = _C.adaptive_avg_pool2d(x[None] if single else x, oh, ow, device_code(device))
     return out[0] if single else out
 
@@ -185,9 +209,9 @@ def linear(input, weight, bias=None, *, device: str = "cpu", precision: str = "f
 
 def softmax(input, dim: int = -1, *, device: str = "cpu") -> np.ndarray:
     """exp(x) / sum(exp(x)) along dim, with the maximum subtracted first."""
-    return _C.softmax(input, _int(dim, "dim"), False, device_code(device))
+    return _C.softmax(input, _dim(dim, input, "softmax"), False, device_code(device))
 
 
 def log_softmax(input, dim: int = -1, *, device: str = "cpu") -> np.ndarray:
     """x - logsumexp(x) along dim, stable for large inputs."""
-    return _C.softmax(input, _int(dim, "dim"), True, device_code(device))
+    return _C.softmax(input, _dim(dim, input, "log_softmax"), True, device_code(device))

@@ -1007,11 +1007,12 @@ static PyTypeObject NetType = {
 static PyObject *py_set_num_threads(PyObject *self, PyObject *arg)
 {
     (void)self;
-    const long n = PyLong_AsLong(arg);
+    int overflow = 0;
+    const long n = PyLong_AsLongAndOverflow(arg, &overflow);
     if (n == -1 && PyErr_Occurred())
         return NULL;
-    if (n < 1 || n > 4096)
-        return PyErr_Format(PyExc_ValueError, "set_num_threads: expected 1..4096 threads, got %ld", n);
+    if (overflow || n < 1 || n > 4096)
+        return PyErr_Format(PyExc_ValueError, "set_num_threads: expected 1..4096 threads, got %S", arg);
     acn_set_num_threads((int)n);
     Py_RETURN_NONE;
 }

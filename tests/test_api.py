@@ -100,6 +100,36 @@ def test_bad_types_raise_type_error():
 def test_softmax_dim_out_of_range():
     with pytest.raises(IndexError, match="out of range"):
         ac.softmax(np.zeros((2, 3)), dim=2)
+    # past the C int range too: the same IndexError, not the C parser's OverflowError
+    with pytest.raises(IndexError) as info:
+        ac.log_softmax(np.zeros((2, 3)), dim=-2**40)
+    assert str(info.value) == "log_softmax: dim -1099511627776 out of range for a 2-D input (expected -2..1)"
+
+
+_X = np.zeros((1, 1, 4, 4))
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: ac.conv2d(_X, np.zeros((1, 1, 1, 1)), stride=(1, 2**31)),
+     "conv2d: expected stride within -2**31..2**31-1, got 2147483648"),
+    (lambda: ac.conv2d(_X, np.zeros((1, 1, 1, 1)), padding=-2**31 - 1),
+     "conv2d: expected padding within -2**31..2**31-1, got -2147483649"),
+    (lambda: ac.conv2d(_X, np.zeros((1, 1, 1, 1)), dilation=2**40),
+     "conv2d: expected dilation within -2**31..2**31-1, got 1099511627776"),
+    (lambda: ac.conv2d(_X, np.zeros((1, 1, 1, 1)), groups=2**33),
+     "conv2d: expected groups within -2**31..2**31-1, got 8589934592"),
+    (lambda: ac.max_pool2d(_X, 2**31), "max_pool2d: expected kernel_size within -2**31..2**31-1, got 2147483648"),
+    (lambda: ac.max_pool2d(_X, 2, np.int64(2**40)),
+     "max_pool2d: expected stride within -2**31..2**31-1, got 1099511627776"),
+    (lambda: ac.adaptive_avg_pool2d(_X, (None, -2**40)),
+     "adaptive_avg_pool2d: expected output_size within -2**31..2**31-1, got -1099511627776"),
+    (lambda: ac.set_num_threads(2**70), "set_num_threads: expected 1..4096 threads, got 1180591620717411303424"),
+    (lambda: ac.set_num_threads(np.int64(0)), "set_num_threads: expected 1..4096 threads, got 0"),
+])
+def test_int_arguments_past_c_int_range_raise_value_error(call, message):
+    with pytest.raises(ValueError) as info:
+        call()
+    assert str(info.value) == message
 
 
 def test_model_input_checks():
