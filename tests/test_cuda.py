@@ -177,6 +177,16 @@ def test_adaptive_avg_pool2d(rng, xs, out):
     assert_close(ours, F.adaptive_avg_pool2d(t64(x), out), f"adaptive_avg_pool2d {xs}->{out}")
 
 
+@pytest.mark.parametrize("x", [
+    np.array([[[[-396986154, -13478334, -1056408543, -42096007, 1509347698]]]], np.float32),
+    np.full((1, 2, 2, 2), 3e38, np.float32),
+])
+def test_adaptive_avg_pool2d_sums_without_losing_the_mean(x):
+    # as on the CPU (test_ops_parity): float32 sums would lose these means
+    np.testing.assert_array_equal(ac.adaptive_avg_pool2d(x, 1, device="cuda"),
+                                  F.adaptive_avg_pool2d(t64(x), 1).cpu().numpy().astype(np.float32))
+
+
 @pytest.mark.parametrize("n,i,o,bias", [
     (1, 9216, 4096, True),      # fc1 at batch 1: the weight-streaming kernel
     (3, 4096, 1000, True),

@@ -179,6 +179,20 @@ def test_adaptive_avg_pool2d(rng, xs, size):
     assert max_rel_err(out, ref) <= TOL
 
 
+# Windows whose float32 sum would lose the mean: cancellation (int32 values near 1e9 with a
+# mean near 7.6e4: torch's float32 kernel is off by 2.5e-4 of it) and overflow (3e38 + 3e38
+# is Inf in float32; the mean is finite). Summed in double, both give float32(the float64 mean).
+AVG_POOL_HARD = [
+    np.array([[[[-396986154, -13478334, -1056408543, -42096007, 1509347698]]]], np.float32),
+    np.full((1, 2, 2, 2), 3e38, np.float32),
+]
+
+
+@pytest.mark.parametrize("x", AVG_POOL_HARD)
+def test_adaptive_avg_pool2d_sums_without_losing_the_mean(x):
+    np.testing.assert_array_equal(ac.adaptive_avg_pool2d(x, 1), F.adaptive_avg_pool2d(t64(x), 1).numpy().astype(np.float32))
+
+
 @pytest.mark.parametrize("lead,i,o,bias", [((1,), 9216, 4096, True), ((3,), 4096, 1000, True), ((9,), 300, 70, False),
                                          ((64,), 257, 33, True), ((), 17, 5, True), ((2, 3), 12, 7, True)])
 def test_linear(rng, lead, i, o, bias):

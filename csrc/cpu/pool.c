@@ -150,11 +150,14 @@ int adaptive_avg_pool2d_forward_cpu(float *out, const float *inp, int NC, int H,
             for (int ow = 0; ow < OW; ow++) {
                 const int ws = (int)(((long long)ow * W) / OW);
                 const int we = (int)(((long long)(ow + 1) * W + OW - 1) / OW);
-                float s = 0.0f;
+                /* In double: a float32 sum loses the mean to cancellation (values of 1e9
+                 * averaging 1e5) and overflows to Inf for means below FLT_MAX; the
+                 * float64 reference does neither, and the window is read once anyway. */
+                double s = 0.0;
                 for (int h = hs; h < he; h++)
                     for (int w = ws; w < we; w++)
                         s += plane[(size_t)h * W + w];
-                o[(size_t)oh * OW + ow] = s / (float)((he - hs) * (we - ws));
+                o[(size_t)oh * OW + ow] = (float)(s / ((double)(he - hs) * (we - ws)));
             }
         }
     }

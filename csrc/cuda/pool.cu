@@ -43,14 +43,15 @@ max_pool2d_kernel(float *out, int64_t *indices, const float *inp, Idx total, int
         while (ws < 0) ws += DW;
         /* Padding is -inf: it never wins. NaN wins, as in PyTorch. */
         float m = -INFINITY;
-        /* 64-bit: a window with no tap in the plane reports where it would start. */
+        /* 64-bit: a window with no tap in the plane reports where it would start, and
+         * one plane may hold more than 2**31 pixels while the output index fits an int. */
         long long at = (long long)hs * W + ws;
         for (int ih = hs; ih < he; ih += DH)
             for (int iw = ws; iw < we; iw += DW) {
-                const float v = __ldg(plane + ih * W + iw);
+                const float v = __ldg(plane + (size_t)ih * W + iw);
                 if (v > m || isnan(v)) {
                     m = v;
-                    at = ih * W + iw;
+                    at = (long long)ih * W + iw;
                 }
             }
         out[idx] = m;
@@ -73,10 +74,12 @@ adaptive_avg_pool2d_kernel(float *out, const float *inp, Idx total, int H, int W
         const int h1 = (int)(((long long)(oh + 1) * H + OH - 1) / OH);
         const int w0 = (int)((long long)ow * W / OW);
         const int w1 = (int)(((long long)(ow + 1) * W + OW - 1) / OW);
-        float sum = 0.f;
+        // In double, as on the CPU (cpu/pool.c says why); ih * W in size_t, as one plane
+        // may hold more than 2**31 pixels while the output index fits an int.
+        double sum = 0.0;
         for (int ih = h0; ih < h1; ++ih)
-            for (int iw = w0; iw < w1; ++iw) sum += __ldg(plane + ih * W + iw);
-        out[idx] = sum / (float)((h1 - h0) * (w1 - w0));
+            for (int iw = w0; iw < w1; ++iw) sum += __ldg(plane + (size_t)ih * W + iw);
+        out[idx] = (float)(sum / ((double)(h1 - h0) * (w1 - w0)));
     }
 }
 
