@@ -74,17 +74,6 @@ def _pair(value: IntOrPair, name: str, op: str) -> Tuple[int, int]:
     return v, v
 
 
-def _dim(dim, input, op: str) -> int:
-    """softmax's dim; past the int32 range it is out of range for any array, an
-    IndexError worded as the C layer's."""
-    d = _index(dim, "dim", op)
-    if not _INT32_MIN <= d <= _INT32_MAX:
-        nd = np.ndim(input)
-        span = max(nd, 1)
-        raise IndexError(f"{op}: dim {d} out of range for a {nd}-D input (expected {-span}..{span - 1})")
-    return d
-
-
 def _unbatched(x: np.ndarray, op: str) -> bool:
     """True for a (C, H, W) input, which PyTorch treats as a batch of one."""
     if x.ndim == 3:
@@ -209,9 +198,9 @@ def linear(input, weight, bias=None, *, device: str = "cpu", precision: str = "f
 
 def softmax(input, dim: int = -1, *, device: str = "cpu") -> np.ndarray:
     """exp(x) / sum(exp(x)) along dim, with the maximum subtracted first."""
-    return _C.softmax(input, _dim(dim, input, "softmax"), False, device_code(device))
+    return _C.softmax(input, _index(dim, "dim", "softmax"), False, device_code(device))
 
 
 def log_softmax(input, dim: int = -1, *, device: str = "cpu") -> np.ndarray:
     """x - logsumexp(x) along dim, stable for large inputs."""
-    return _C.softmax(input, _dim(dim, input, "log_softmax"), True, device_code(device))
+    return _C.softmax(input, _index(dim, "dim", "log_softmax"), True, device_code(device))

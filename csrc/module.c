@@ -593,18 +593,24 @@ fail:
 static PyObject *py_softmax(PyObject *self, PyObject *args)
 {
     (void)self;
-    PyObject *x_obj;
-    int dim, log_form, device;
-    if (!PyArg_ParseTuple(args, "Oipi", &x_obj, &dim, &log_form, &device))
+    PyObject *x_obj, *dim_obj;
+    int log_form, device;
+    if (!PyArg_ParseTuple(args, "OO!pi", &x_obj, &PyLong_Type, &dim_obj, &log_form, &device))
         return NULL;
     const char *op = log_form ? "log_softmax" : "softmax";
     PyArrayObject *x = as_float32(x_obj, op, "input"), *out = NULL;
     if (x == NULL)
         goto fail;
     const int nd = PyArray_NDIM(x), span = nd > 0 ? nd : 1;
-    if (dim < -span || dim >= span) {
-        PyErr_Format(PyExc_IndexError, "%s: dim %d out of range for a %d-D input (expected %d..%d)",
-                     op, dim, nd, -span, span - 1);
+    /* Any Python int is a dim: one past the C range is as out of range as 5 for a 2-D
+       input, and the message quotes it whole. */
+    int overflow = 0;
+    long long dim = PyLong_AsLongLongAndOverflow(dim_obj, &overflow);
+    if (dim == -1 && !overflow && PyErr_Occurred())
+        goto fail;
+    if (overflow || dim < -span || dim >= span) {
+        PyErr_Format(PyExc_IndexError, "%s: dim %S out of range for a %d-D input (expected %d..%d)",
+                     op, dim_obj, nd, -span, span - 1);
         goto fail;
     }
     if (dim < 0)

@@ -104,6 +104,13 @@ def test_softmax_dim_out_of_range():
     with pytest.raises(IndexError) as info:
         ac.log_softmax(np.zeros((2, 3)), dim=-2**40)
     assert str(info.value) == "log_softmax: dim -1099511627776 out of range for a 2-D input (expected -2..1)"
+    # and past int64, where only the C layer sees the whole value
+    with pytest.raises(IndexError) as info:
+        ac.softmax(np.zeros((4,)), dim=2**70 + 1)
+    assert str(info.value) == "softmax: dim 1180591620717411303425 out of range for a 1-D input (expected -1..0)"
+    with pytest.raises(IndexError) as info:
+        ac.softmax(np.float32(3.0), dim=1)
+    assert str(info.value) == "softmax: dim 1 out of range for a 0-D input (expected -1..0)"
 
 
 _X = np.zeros((1, 1, 4, 4))
