@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -19,10 +19,20 @@ _VARIANT_CODES = {"torchvision": 0, "original": 1}
 _DEVICE_NAMES = {0: "cpu", 1: "cuda"}
 
 
-def _to_numpy(value, name: str) -> np.ndarray:
-    if hasattr(value, "detach") and hasattr(value, "cpu"):   # a torch tensor, without importing torch
-        value = value.detach().cpu().numpy()
+def _torch_to_numpy(tensor) -> np.ndarray:
+    """A torch tensor's values, without importing torch; a dtype NumPy lacks (bfloat16,
+    float8) goes through float32, as load_state_dict would cast it."""
+    tensor = tensor.detach().cpu()
     try:
+        return tensor.numpy()
+    except TypeError:
+        return tensor.float().numpy()
+
+
+def _to_numpy(value, name: str) -> np.ndarray:
+    try:
+        if hasattr(value, "detach") and hasattr(value, "cpu"):   # a torch tensor
+            value = _torch_to_numpy(value)
         arr = np.asarray(value)
     except Exception as exc:  # noqa: BLE001 - anything unconvertible is a weights problem
         raise WeightsError(f"{name}: expected an array, got {type(value).__name__} ({exc})") from None
@@ -31,22 +41,43 @@ def _to_numpy(value, name: str) -> np.ndarray:
     return arr
 
 
-def infer_layout(names: Iterable[str]) -> Tuple[str, Optional[str]]:
-    """(variant, prefix to strip) from state-dict keys; WeightsError if neither layout fits."""
+def _require_str_keys(state_dict: Mapping[str, object]) -> None:
+    bad = [k for k in state_dict if not isinstance(k, str)]
+    if bad:
+        raise WeightsError(f"expected str keys (parameter names), got {type(bad[0]).__name__} key {bad[0]!r}")
+
+
+def infer_layout(names: Iterable[str]) -> str:
+    """The variant whose keys these are ('module.' stripped); WeightsError if neither fits."""
     names = list(names)
-    prefixes = [""]
-    if names and all(n.startswith("module.") for n in names):
-        prefixes.insert(0, "module.")   # saved from nn.DataParallel
-    for prefix in prefixes:
-        keys = {n[len(prefix):] for n in names}
-        if "classifier.1.weight" in keys:
-            return "torchvision", prefix
-        if "classifier.0.weight" in keys:
-            return "original", prefix
+    if "classifier.1.weight" in names:
+        return "torchvision"
+    if "classifier.0.weight" in names:
+        return "original"
     raise WeightsError(
         "not an AlexNet state dict: expected 'classifier.1.weight' (torchvision layout) or "
         f"'classifier.0.weight' (original layout), got keys {sorted(names)[:12]}"
         + (" ..." if len(names) > 12 else ""))
+
+
+def _mismatches(arrays: Mapping[str, np.ndarray], shapes: Mapping[str, tuple]
+                ) -> Tuple[List[str], List[str], List[str]]:
+    """(missing keys, unexpected keys, shape problems) of arrays against the expected shapes."""
+    missing = [n for n in shapes if n not in arrays]
+    unexpected = sorted(set(arrays) - set(shapes))
+    problems = [f"{name}: expected shape {shape}, got {tuple(arrays[name].shape)}"
+                for name, shape in shapes.items() if name in arrays and tuple(arrays[name].shape) != shape]
+    return missing, unexpected, problems
+
+
+def _unprefixed(state_dict: Mapping[str, object]) -> Dict[str, object]:
+    """The state dict without the 'module.' that every key of an nn.DataParallel save carries."""
+    prefix = "module." if state_dict and all(k.startswith("module.") for k in state_dict) else ""
+    return {k[len(prefix):]: v for k, v in state_dict.items()}
+
+
+def _as_arrays(state_dict: Mapping[str, object]) -> Dict[str, np.ndarray]:
+    return {k: _to_numpy(v, k) for k, v in state_dict.items()}
 
 
 def check_state_dict(arrays: Mapping[str, np.ndarray], variant: str) -> int:
@@ -57,16 +88,11 @@ def check_state_dict(arrays: Mapping[str, np.ndarray], variant: str) -> int:
         raise WeightsError(f"{variant} AlexNet state dict: expected {last!r} of shape (num_classes, 4096)")
     num_classes = int(arrays[last].shape[0])
     shapes = arch.weight_shapes(variant, num_classes)
-    problems: List[str] = []
-    missing = [n for n in expected_names if n not in arrays]
-    unexpected = sorted(set(arrays) - set(expected_names))
+    missing, unexpected, problems = _mismatches(arrays, shapes)
     if missing:
-        problems.append(f"missing keys {missing}")
+        problems.insert(0, f"missing keys {missing}")
     if unexpected:
-        problems.append(f"unexpected keys {unexpected}")
-    for name in expected_names:
-        if name in arrays and tuple(arrays[name].shape) != shapes[name]:
-            problems.append(f"{name}: expected shape {shapes[name]}, got {tuple(arrays[name].shape)}")
+        problems.insert(1 if missing else 0, f"unexpected keys {unexpected}")
     if num_classes < 1:
         problems.append(f"{last}: expected at least one class, got shape {tuple(arrays[last].shape)}")
     if problems:
@@ -79,6 +105,12 @@ def _frozen_float32(arr: np.ndarray, copy: bool) -> np.ndarray:
         else np.ascontiguousarray(arr, dtype=np.float32)
     out.flags.writeable = False
     return out
+
+
+class IncompatibleKeys(NamedTuple):
+    """What load_state_dict(strict=False) left out, as torch's return value names it."""
+    missing_keys: List[str]
+    unexpected_keys: List[str]
 
 
 class AlexNet:
@@ -129,8 +161,10 @@ class AlexNet:
                      precision: str = "float32") -> "AlexNet":
         if not isinstance(state_dict, Mapping):
             raise WeightsError(f"expected a mapping of name -> array, got {type(state_dict).__name__}")
-        variant, prefix = infer_layout(state_dict.keys())
-        arrays = {str(k)[len(prefix):]: _to_numpy(v, str(k)) for k, v in state_dict.items()}
+        _require_str_keys(state_dict)
+        state_dict = _unprefixed(state_dict)
+        variant = infer_layout(state_dict)
+        arrays = _as_arrays(state_dict)
         num_classes = check_state_dict(arrays, variant)
         model = cls.__new__(cls)
         model._build(variant, num_classes, arrays, device, precision, copy)
@@ -189,6 +223,40 @@ class AlexNet:
         """name -> read-only float32 view of the weights, torchvision/original key names."""
         return {name: arr.view() for name, arr in zip(arch.weight_names(self._variant), self._net.weights)}
 
+    def named_parameters(self) -> Iterator[Tuple[str, np.ndarray]]:
+        """(name, read-only float32 array) per weight and bias, in state-dict order."""
+        return iter(self.state_dict().items())
+
+    def parameters(self) -> Iterator[np.ndarray]:
+        """The weights and biases, in state-dict order, as read-only float32 arrays."""
+        return iter(self.state_dict().values())
+
+    def load_state_dict(self, state_dict: Mapping[str, object], strict: bool = True) -> IncompatibleKeys:
+        """Replaces the weights in place, as nn.Module.load_state_dict: the model keeps its
+        variant, num_classes, device and precision, and the arrays are copied.
+
+        strict=False loads the keys that fit and keeps the present weights for the rest;
+        a shape that does not fit is an error either way. Returns (missing_keys,
+        unexpected_keys); WeightsError lists every problem, and leaves the model as it was."""
+        if not isinstance(strict, (bool, np.bool_)):
+            raise TypeError(f"load_state_dict: strict must be a bool, got {type(strict).__name__}")
+        if not isinstance(state_dict, Mapping):
+            raise WeightsError(f"expected a mapping of name -> array, got {type(state_dict).__name__}")
+        _require_str_keys(state_dict)
+        arrays = _as_arrays(_unprefixed(state_dict))
+        missing, unexpected, problems = _mismatches(arrays, arch.weight_shapes(self._variant, self._num_classes))
+        if strict:
+            problems[:0] = ([f"missing keys {missing}"] if missing else []) + \
+                           ([f"unexpected keys {unexpected}"] if unexpected else [])
+        if problems:
+            raise WeightsError(f"{self._variant} AlexNet ({self._num_classes} classes) cannot load this state "
+                               "dict: " + "; ".join(problems))
+        merged = {**self.state_dict(), **{k: v for k, v in arrays.items() if k not in unexpected}}
+        fresh = AlexNet.__new__(AlexNet)
+        fresh._build(self._variant, self._num_classes, merged, self.device, self.precision, copy=True)
+        self._net = fresh._net
+        return IncompatibleKeys(missing, unexpected)
+
     def save(self, path) -> None:
         """Writes the weights; the format follows the suffix (.pth, .safetensors, .npz)."""
         from .weights import write_state_dict
@@ -214,6 +282,18 @@ class AlexNet:
     def eval(self) -> "AlexNet":
         """For PyTorch habits: inference is all this model does (dropout is identity)."""
         return self
+
+    def train(self, mode: bool = True) -> "AlexNet":
+        """train(False) is eval(); train(True) is refused, as this model only infers."""
+        if mode:
+            raise ValueError("alexnet_c runs inference only: train(True) is not supported "
+                             "(eval() or train(False) is; dropout is identity)")
+        return self
+
+    @property
+    def training(self) -> bool:
+        """Always False, as after torch's eval()."""
+        return False
 
     def parameters_count(self) -> int:
         return int(sum(a.size for a in self._net.weights))

@@ -16,7 +16,7 @@ from . import _C
 
 IntOrPair = Union[int, Sequence[int]]
 
-_DEVICES = {"cpu": 0, "cuda": 1, "cuda:0": 1}
+_DEVICES = {"cpu": 0, "cpu:0": 0, "cuda": 1, "cuda:0": 1}
 
 
 def device_code(device: str) -> int:
@@ -74,6 +74,13 @@ def _pair(value: IntOrPair, name: str, op: str) -> Tuple[int, int]:
     return v, v
 
 
+def _flag(value, name: str, op: str) -> bool:
+    """A bool argument, as torch's parser takes it: bool (or NumPy's), nothing merely truthy."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{op}: {name} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
 def _unbatched(x: np.ndarray, op: str) -> bool:
     """True for a (C, H, W) input, which PyTorch treats as a batch of one."""
     if x.ndim == 3:
@@ -99,7 +106,8 @@ def conv2d(input, weight, bias=None, stride: IntOrPair = 1, padding: Union[IntOr
 
     precision='tf32' (device='cuda', compute capability 8.0+) multiplies on tensor cores
     with input and weight rounded to TF32; see README for its tolerance."""
-    x, w = np.asarray(input), np.asarray(weight)
+    x, w = _C.real_array(input, "conv2d", "input"), _C.real_array(weight, "conv2d", "weight")
+    single = _unbatched(x, "conv2d")
     dh, dw = _pair(dilation, "dilation", "conv2d")
     sh, sw = _pair(stride, "stride", "conv2d")
     if isinstance(padding, str):
@@ -123,7 +131,6 @@ def conv2d(input, weight, bias=None, stride: IntOrPair = 1, padding: Union[IntOr
             raise ValueError(f"conv2d: padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
     else:
         ph, pw = _pair(padding, "padding", "conv2d")
-    single = _unbatched(x, "conv2d")
     groups = _int(groups, "groups", "conv2d")
     out = _C.conv2d(x[None] if single else x, w, bias, sh, sw, ph, pw, dh, dw, groups, device_code(device),
                     _naive, tf32_flag(precision))
@@ -147,15 +154,16 @@ def max_pool2d(input, kernel_size: IntOrPair, stride: Optional[IntOrPair] = None
     return_indices=True returns (output, indices): int64, for each maximum its place
     h * W + w in its input plane, the index PyTorch gives (the first of equal maxima,
     the last NaN of a window)."""
-    x = np.asarray(input)
+    x = _C.real_array(input, "max_pool2d", "input")
     dh, dw = _pair(dilation, "dilation", "max_pool2d")
     kh, kw = _pair(kernel_size, "kernel_size", "max_pool2d")
     sh, sw = (kh, kw) if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0) \
         else _pair(stride, "stride", "max_pool2d")
     ph, pw = _pair(padding, "padding", "max_pool2d")
     single = _unbatched(x, "max_pool2d")
-    res = _C.max_pool2d(x[None] if single else x, kh, kw, sh, sw, ph, pw, dh, dw, bool(ceil_mode),
-                        bool(return_indices), device_code(device))
+    res = _C.max_pool2d(x[None] if single else x, kh, kw, sh, sw, ph, pw, dh, dw,
+                        _flag(ceil_mode, "ceil_mode", "max_pool2d"),
+                        _flag(return_indices, "return_indices", "max_pool2d"), device_code(device))
     if not single:
         return res
     return (res[0][0], res[1][0]) if return_indices else res[0]
@@ -163,7 +171,8 @@ def max_pool2d(input, kernel_size: IntOrPair, stride: Optional[IntOrPair] = None
 
 def adaptive_avg_pool2d(input, output_size, *, device: str = "cpu") -> np.ndarray:
     """Average pooling to a fixed output size (None keeps that input dimension)."""
-    x, op = np.asarray(input), "adaptive_avg_pool2d"
+    op = "adaptive_avg_pool2d"
+    x = _C.real_array(input, op, "input")
     single = _unbatched(x, op)
     if isinstance(output_size, (tuple, list)):
         if len(output_size) != 2:
@@ -182,18 +191,37 @@ def linear(input, weight, bias=None, *, device: str = "cpu", precision: str = "f
 
     precision='tf32' (device='cuda') uses tensor cores above 16 rows; up to 16 rows the
     weight-streaming kernel runs, in float32, as it is bound by memory."""
-    x, w = np.asarray(input), np.asarray(weight)
+    op = "linear"
+    x, w = _C.real_array(input, op, "input"), _C.real_array(weight, op, "weight")
     if x.ndim == 0:
         raise ValueError("linear: expected input with at least 1 dimension, got a 0-d array")
+    vector = w.ndim == 1   # a weight vector (in_features,), as torch takes it: one output, dropped
+    if vector:
+        w = w[None]
     if w.ndim != 2:
         raise ValueError(f"linear: expected weight of shape (out_features, in_features), got shape {w.shape}")
     if x.shape[-1] != w.shape[1]:
         raise ValueError(f"linear: expected input with last dimension {w.shape[1]} (weight shape {w.shape}), "
                          f"got input of shape {x.shape}")
     lead = x.shape[:-1]
-    out = _C.linear(x.reshape(math.prod(lead), x.shape[-1]), w, bias, device_code(device), _naive,
-                    tf32_flag(precision))
-    return out.reshape(lead + (w.shape[0],))
+    out_shape = lead if vector else lead + (w.shape[0],)
+    b = None if bias is None else _C.real_array(bias, op, "bias")
+    # The kernels add a (out_features,) bias; any other bias that broadcasts to the
+    # output, as torch's addmm takes it, is added afterwards.
+    fused = b is not None and not vector and b.shape == (w.shape[0],)
+    if b is not None and not fused:
+        try:
+            fits = np.broadcast_shapes(b.shape, out_shape) == out_shape
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(f"linear: expected bias of shape ({w.shape[0]},) or one that broadcasts to the "
+                             f"output shape {out_shape}, got shape {b.shape}")
+    out = _C.linear(x.reshape(math.prod(lead), x.shape[-1]), w, b if fused else None, device_code(device),
+                    _naive, tf32_flag(precision)).reshape(out_shape)
+    if b is not None and not fused:
+        out += b.astype(np.float32, copy=False)
+    return out
 
 
 def softmax(input, dim: int = -1, *, device: str = "cpu") -> np.ndarray:

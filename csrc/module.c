@@ -334,6 +334,19 @@ fail:
     return NULL;
 }
 
+/* The ops' Python layer looks at shapes (unbatched inputs, 'same' padding) before the
+ * kernels are called; it asks here first so that a complex, string or object input is
+ * the same TypeError whichever path it takes. Returns the array as NumPy sees it. */
+static PyObject *py_real_array(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *obj;
+    const char *op, *name;
+    if (!PyArg_ParseTuple(args, "Oss", &obj, &op, &name))
+        return NULL;
+    return (PyObject *)as_real_array(obj, op, name);
+}
+
 static PyObject *py_relu(PyObject *self, PyObject *args)
 {
     (void)self;
@@ -1170,6 +1183,7 @@ static PyObject *py_measure_read_bw(PyObject *self, PyObject *args)
 static PyMethodDef module_methods[] = {
     {"conv2d", py_conv2d, METH_VARARGS, "conv2d(x, w, b, sh, sw, ph, pw, dh, dw, groups, device, naive[, tf32])"},
     {"relu", py_relu, METH_VARARGS, "relu(x, device)"},
+    {"real_array", py_real_array, METH_VARARGS, "real_array(x, op, name): x as an array; TypeError unless bool, int or float"},
     {"max_pool2d", py_max_pool2d, METH_VARARGS, "max_pool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, ceil_mode, return_indices, device)"},
     {"adaptive_avg_pool2d", py_adaptive_avg_pool2d, METH_VARARGS, "adaptive_avg_pool2d(x, oh, ow, device)"},
     {"linear", py_linear, METH_VARARGS, "linear(x, w, b, device, naive)"},

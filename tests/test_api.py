@@ -72,6 +72,11 @@ def test_returns_fresh_float32_arrays(rng):
      "(N*OH*OW), got 16777216*1073741825*1073741825"),
     (lambda: ac.conv2d(np.zeros((1, 1, 1, 1)), np.zeros((1, 1, 1, 1)), padding=2**30),
      "padded input must stay below 2**31"),
+    # the shape as given, checked before 'same' pads an even kernel's extra row
+    (lambda: ac.conv2d(np.zeros((8, 8)), np.zeros((1, 1, 2, 2)), None, 1, "same"),
+     "expected a 3-D (C, H, W) or 4-D (N, C, H, W) input, got shape (8, 8)"),
+    (lambda: ac.linear(np.zeros((2, 4)), np.zeros((3, 4)), np.zeros((2, 2))),
+     "linear: expected bias of shape (3,) or one that broadcasts to the output shape (2, 3), got shape (2, 2)"),
     # a parameter of torch.nn.functional's taken at its default only
     (lambda: ac.relu(np.zeros(3), True), "relu: inplace=True is not supported"),
 ])
@@ -95,6 +100,36 @@ def test_bad_types_raise_type_error():
         ac.conv2d(np.zeros((1, 3, 9, 9)), np.zeros((2, 3, 3, 3)), stride=1.5)
     with pytest.raises(TypeError):
         ac.AlexNet(num_classes=4, seed=0)(object())
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: ac.conv2d(None, np.zeros((1, 1, 1, 1))), "conv2d: input must be a real-valued array"),
+    (lambda: ac.conv2d(np.zeros((1, 1, 3, 3)), "w"), "conv2d: weight must be a real-valued array"),
+    (lambda: ac.max_pool2d("abc", 2), "max_pool2d: input must be a real-valued array"),
+    (lambda: ac.adaptive_avg_pool2d(None, 2), "adaptive_avg_pool2d: input must be a real-valued array"),
+    (lambda: ac.linear(None, np.zeros((2, 3))), "linear: input must be a real-valued array"),
+    (lambda: ac.linear(np.zeros((1, 3)), np.zeros((2, 3)), np.zeros(2, complex)), "linear: bias must be a real"),
+    # an even kernel's 'same' padding pads in Python first: the dtype is checked before it
+    (lambda: ac.conv2d(np.ones((1, 1, 3, 3), complex), np.ones((1, 1, 2, 2)), None, 1, "same"),
+     "conv2d: input must be a real-valued array (bool, int or float), got dtype complex128"),
+    (lambda: ac.conv2d(np.array([[[["1", "2"], ["3", "4"]]]]), np.ones((1, 1, 2, 2)), None, 1, "same"),
+     "conv2d: input must be a real-valued array"),
+    # bool flags as torch's parser takes them: a truthy string is not ceil_mode=True
+    (lambda: ac.max_pool2d(np.ones((1, 1, 5, 5)), 3, 2, 0, 1, "no"), "max_pool2d: ceil_mode must be a bool, got str"),
+    (lambda: ac.max_pool2d(np.ones((1, 1, 5, 5)), 3, 2, 0, 1, None), "max_pool2d: ceil_mode must be a bool, got NoneType"),
+    (lambda: ac.max_pool2d(np.ones((1, 1, 5, 5)), 3, return_indices=1),
+     "max_pool2d: return_indices must be a bool, got int"),
+])
+def test_unusable_arguments_raise_type_error_before_any_shape_check(call, message):
+    with pytest.raises(TypeError) as info:
+        call()
+    assert str(info.value).startswith(message)
+
+
+def test_numpy_bools_are_flags():
+    x = np.arange(25.0).reshape(1, 1, 5, 5)
+    out, idx = ac.max_pool2d(x, 2, 2, 0, 1, np.bool_(True), np.True_)
+    assert out.shape == idx.shape == (1, 1, 3, 3)
 
 
 def test_softmax_dim_out_of_range():
@@ -202,6 +237,71 @@ def test_from_state_dict_reports_missing_unexpected_and_shapes():
 def test_data_parallel_prefix_is_accepted():
     sd = {"module." + k: v for k, v in ac.AlexNet(num_classes=4, seed=2).state_dict().items()}
     assert ac.AlexNet.from_state_dict(sd).num_classes == 4
+
+
+@pytest.mark.parametrize("sd", [{1: np.zeros(2)}, {"classifier.1.weight": np.zeros((2, 2)), 2: np.zeros(2)}])
+def test_state_dict_keys_must_be_strings(sd):
+    with pytest.raises(ac.WeightsError, match="expected str keys"):
+        ac.AlexNet.from_state_dict(sd)
+    with pytest.raises(ac.WeightsError, match="expected str keys"):
+        ac.AlexNet(num_classes=4, seed=0).load_state_dict(sd)
+
+
+def test_load_state_dict_in_place():
+    x = np.random.default_rng(0).standard_normal((1, 3, 227, 227)).astype(np.float32)
+    source = ac.AlexNet(num_classes=4, variant="original", seed=2)
+    m = ac.AlexNet(num_classes=4, variant="original", seed=3)
+    before = m(x)
+    keys = m.load_state_dict({k: v.copy() for k, v in source.state_dict().items()})
+    assert keys == ([], []) and keys.missing_keys == [] and keys.unexpected_keys == []
+    np.testing.assert_array_equal(m(x), source(x))
+    assert not np.array_equal(m(x), before)
+    # strict=False: what fits is loaded, the rest stays; the keys left out are returned
+    m = ac.AlexNet(num_classes=4, variant="original", seed=3)
+    conv1 = source.state_dict()["features.0.weight"]
+    keys = m.load_state_dict({"module.features.0.weight": conv1, "module.extra": np.zeros(1)}, strict=False)
+    assert keys.unexpected_keys == ["extra"] and len(keys.missing_keys) == 15
+    assert "features.0.weight" not in keys.missing_keys
+    np.testing.assert_array_equal(m.state_dict()["features.0.weight"], conv1)
+    fresh = ac.AlexNet(num_classes=4, variant="original", seed=3).state_dict()
+    for name in keys.missing_keys:
+        np.testing.assert_array_equal(m.state_dict()[name], fresh[name])
+
+
+def test_load_state_dict_refuses_what_does_not_fit_and_changes_nothing():
+    m = ac.AlexNet(num_classes=4, seed=3)
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    before = m(x)
+    full = dict(ac.AlexNet(num_classes=4, seed=1).state_dict())
+    partial = {k: v for k, v in full.items() if k != "features.3.bias"}
+    with pytest.raises(ac.WeightsError, match=r"missing keys \['features.3.bias'\]"):
+        m.load_state_dict(partial)
+    with pytest.raises(ac.WeightsError, match="unexpected keys"):
+        m.load_state_dict({**full, "extra": np.zeros(1)})
+    # another num_classes or a wrong shape is an error even with strict=False
+    other = dict(ac.AlexNet(num_classes=5, seed=1).state_dict())
+    with pytest.raises(ac.WeightsError, match=r"classifier.6.weight: expected shape \(4, 4096\), got \(5, 4096\)"):
+        m.load_state_dict(other, strict=False)
+    with pytest.raises(ac.WeightsError, match="features.0.weight: expected shape"):
+        m.load_state_dict({"features.0.weight": np.zeros(3)}, strict=False)
+    with pytest.raises(ac.WeightsError, match="expected a real-valued array"):
+        m.load_state_dict({**full, "features.0.bias": np.zeros(64, complex)})
+    with pytest.raises(TypeError, match="strict must be a bool"):
+        m.load_state_dict(full, strict=None)
+    np.testing.assert_array_equal(m(x), before)
+
+
+def test_module_habits_of_pytorch():
+    m = ac.AlexNet(num_classes=4, seed=0)
+    assert m.eval() is m and m.train(False) is m and m.training is False
+    with pytest.raises(ValueError, match="inference only"):
+        m.train()
+    names = [n for n, _ in m.named_parameters()]
+    assert names == list(m.state_dict())
+    params = list(m.parameters())
+    assert len(params) == 16 and sum(p.size for p in params) == m.parameters_count()
+    assert all(p.dtype == np.float32 and not p.flags.writeable for p in params)
+    assert m.to("cpu:0") is m and m.device == "cpu"
 
 
 def test_num_threads_roundtrip():

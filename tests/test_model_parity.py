@@ -108,6 +108,18 @@ def test_from_state_dict_with_tensors_and_unbatched(saved):
     assert max_rel_err(out, ref) <= TOL
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_from_state_dict_and_load_state_dict_take_tensors_numpy_lacks(saved, dtype):
+    """bfloat16 has no NumPy dtype: its tensors are cast to float32, as torch's load_state_dict does."""
+    model_t, _ = saved("torchvision", 10)
+    sd = {k: v.to(dtype) for k, v in model_t.state_dict().items()}
+    expected = {k: v.float().numpy() for k, v in sd.items()}
+    for model_c in (ac.AlexNet.from_state_dict(sd), ac.AlexNet(num_classes=10, seed=0)):
+        model_c.load_state_dict(sd)
+        for k, v in model_c.state_dict().items():
+            np.testing.assert_array_equal(v, expected[k])
+
+
 def test_original_log_softmax_output(saved):
     model_t, path = saved("original", 37)
     out = ac.load(path)(np.random.default_rng(2).standard_normal((2, 3, 227, 227)).astype(np.float32))

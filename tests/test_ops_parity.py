@@ -207,6 +207,20 @@ def test_linear(rng, lead, i, o, bias):
         assert max_rel_err(ac.linear(x, w, b, _naive=True), ref) <= TOL
 
 
+@pytest.mark.parametrize("xs,ws,bs", [((2, 3), (4, 3), (1, 4)), ((2, 3), (4, 3), (2, 4)), ((5, 2, 3), (4, 3), (2, 4)),
+                                      ((5, 2, 3), (4, 3), (5, 2, 4)), ((2, 3), (4, 3), (1,)), ((2, 3), (4, 3), (2, 1)),
+                                      ((2, 3), (4, 3), ()), ((2, 3), (3,), None), ((4, 2, 3), (3,), None),
+                                      ((3,), (3,), None)])
+def test_linear_broadcast_bias_and_weight_vector(rng, xs, ws, bs):
+    """Forms torch's F.linear takes beyond (out, in) weights and (out,) biases."""
+    x, w = rng.standard_normal(xs), rng.standard_normal(ws)
+    b = None if bs is None else rng.standard_normal(bs)
+    ref = F.linear(t64(x), t64(w), None if b is None else t64(b))
+    out = ac.linear(x, w, b)
+    assert out.dtype == np.float32 and out.shape == tuple(ref.shape)
+    assert max_rel_err(out, ref) <= TOL
+
+
 def test_relu(rng):
     x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
     np.testing.assert_array_equal(ac.relu(x), F.relu(torch.from_numpy(x)).numpy())
