@@ -29,7 +29,9 @@ relu_kernel(float *out, const float *inp, size_t n, size_t n4) {
     const size_t stride = (size_t)gridDim.x * kThreads;
     const size_t first = (size_t)blockIdx.x * kThreads + threadIdx.x;
     for (size_t i = first; i < n4; i += stride) {
-        float4 v = __ldg(reinterpret_cast<const float4 *>(inp) + i);
+        /* A plain load, not __ldg: relu_host_cuda runs in place (out == inp), and data
+         * read through the non-coherent path must not be written during the kernel. */
+        float4 v = reinterpret_cast<const float4 *>(inp)[i];
         v.x = relu_keep_nan(v.x);
         v.y = relu_keep_nan(v.y);
         v.z = relu_keep_nan(v.z);

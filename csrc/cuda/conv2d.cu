@@ -24,10 +24,11 @@ acn_status conv2d_forward_cuda(float *out, const float *inp, const float *weight
         return cuda_fail_msg(ACN_EINVAL, "conv2d: kernel %dx%d (dilation %dx%d) larger than the "
                              "padded input", KH, KW, DH, DW);
     if (N == 0) return ACN_OK;
-    /* The kernel indexes one image, one output plane set and the pixel count with int. */
+    /* The kernel indexes one image, one output plane set and the pixel count with int;
+     * K stops short of INT_MAX (kMaxK) so that its k loop's counter cannot overflow. */
     const long long P = (long long)N * OH * OW;
     if ((long long)C * H * W > INT_MAX || OC * OH * OW > INT_MAX || P > INT_MAX ||
-        (long long)(C / groups) * KH * KW > INT_MAX)
+        (long long)(C / groups) * KH * KW > kMaxK)
         return cuda_fail_msg(ACN_EINVAL, "conv2d: sizes too large for the CUDA kernel");
 
     GemmArgs a;

@@ -32,6 +32,11 @@ acn_status cuda_fail_msg(acn_status status, const char *fmt, ...)
 /* cudaGetLastError() after a launch: a bad configuration or a missing kernel image
  * shows up here, not at the launch itself. */
 acn_status check_launch(const char *kernel);
+/* status, after waiting for stream where status is a failure. Work queued before the
+ * failure may still read or write the buffers the caller frees or reuses next (the
+ * net's workspace, grown by the next forward); the first failure's message stays the
+ * one reported: the wait's own error, if any, is cleared, not recorded. */
+acn_status wait_if_failed(acn_status status, cudaStream_t stream);
 
 #define ACN_CUDA_TRY(call, what)                                  \
     do {                                                          \
@@ -61,7 +66,10 @@ acn_status check_tf32(const char *what);
 
 /* Owns up to 4 device allocations; the destructor frees them, so every early return
  * of a host wrapper releases what it took. A failed cudaFree (a context already lost
- * to a sticky error) is ignored: the error was already reported. */
+ * to a sticky error) is ignored: the error was already reported. The destructor first
+ * waits for the stream of the uploads: an early return after a failed launch or copy
+ * leaves the earlier copies and kernels (the host wrappers queue all on that stream)
+ * still using the buffers it is about to free. */
 class DeviceBuffers {
 public:
     DeviceBuffers() = default;
@@ -84,6 +92,8 @@ private:
     acn_status alloc_bytes(void **ptr, size_t count, size_t size, const char *what);
     void *ptrs_[4] = {nullptr, nullptr, nullptr, nullptr};
     int n_ = 0;
+    cudaStream_t stream_ = nullptr;
+    bool queued_ = false;   /* upload was called: work may be queued on stream_ */
 };
 
 /* The stream of the *_host_cuda functions: the calling thread's own, so host threads

@@ -47,6 +47,11 @@ struct GemmArgs {
     FastDiv div_khw, div_kw, div_ohw, div_ow;
 };
 
+/* The largest K (and linear's in_features) the launchers accept. The k loops count in
+ * int and look one BK step ahead (k0 + BK + BK - 1), linear's streaming kernel steps a
+ * warp at a time: without this headroom below INT_MAX the counters would overflow. */
+constexpr int kMaxK = INT_MAX - 1024;
+
 /* DilatedImage is a loader of its own so that AlexNet's convolutions (dilation 1) run
  * the Image kernels as they were tuned: with the two multiplications in its gather,
  * ptxas gave the 32x32 TF32 tile 64 registers and a spill on sm_90 (72 and none
@@ -388,16 +393,25 @@ template <int BM, int BN, int THREADS, void (*KERNEL)(GemmArgs)>
 struct GemmTile {
     static constexpr int threads = THREADS;
 
+    /* Cached per device, like cached_attribute (runtime.cu): GPUs of different kinds in
+     * one host fit different numbers of blocks. A device beyond the slots (or an
+     * unknown one) is asked every time. */
     static int blocks_per_sm() {
-        static std::atomic<int> cached{0};
-        int n = cached.load(std::memory_order_relaxed);
+        static std::atomic<int> cached[64];
+        int dev = -1;
+        if (cudaGetDevice(&dev) != cudaSuccess) {
+            (void)cudaGetLastError();
+            dev = -1;
+        }
+        const bool slot = dev >= 0 && dev < 64;
+        int n = slot ? cached[dev].load(std::memory_order_relaxed) : 0;
         if (n > 0) return n;
         if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, KERNEL, threads, 0) != cudaSuccess ||
             n < 1) {
             (void)cudaGetLastError();
             return 1;   /* not cached: ask again next time */
         }
-        cached.store(n, std::memory_order_relaxed);
+        if (slot) cached[dev].store(n, std::memory_order_relaxed);
         return n;
     }
 

@@ -116,6 +116,8 @@ acn_status linear_forward_cuda(float *out, const float *inp, const float *weight
     if (N < 0 || I < 0 || O < 1)
         return cuda_fail_msg(ACN_EINVAL, "linear: invalid sizes (N=%d I=%d O=%d)", N, I, O);
     if (N == 0) return ACN_OK;
+    /* Both kernels step through I in int (kMaxK leaves the steps room below INT_MAX). */
+    if (I > kMaxK) return cuda_fail_msg(ACN_EINVAL, "linear: sizes too large for the CUDA kernel");
     if (N <= kStreamBatchMax) {
         const bool vec = I % 4 == 0 && aligned16(inp) && aligned16(weight);
         for (int n0 = 0; n0 < N; n0 += kRowsMax) {

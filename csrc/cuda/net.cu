@@ -65,7 +65,9 @@ public:
             return;
         }
         names_[n_] = name;
-        (void)cudaEventRecord(events_[n_], stream_);
+        /* A failed record only loses this layer's time (report prints -1); cleared, or
+         * the next layer's check_launch would report it as that kernel's failure. */
+        if (cudaEventRecord(events_[n_], stream_) != cudaSuccess) (void)cudaGetLastError();
         ++n_;
     }
     /* After the stream has been synchronised. */
@@ -263,6 +265,7 @@ acn_status run_layers(const acn_cuda_net *net, const Workspace &ws, int N, int H
 void drop_graph(acn_cuda_net *net) {
     if (net->graph) (void)cudaGraphExecDestroy(net->graph);
     net->graph = nullptr;
+    (void)cudaGetLastError();   /* not left for the next check_launch to blame on a kernel */
 }
 
 /* Records run_layers into net->graph. On any failure the error is cleared and
@@ -314,6 +317,9 @@ class DeviceScope {
     ~DeviceScope() {
         int cur = -1;
         if (prev_ >= 0 && cudaGetDevice(&cur) == cudaSuccess && cur != prev_) (void)cudaSetDevice(prev_);
+        /* A failure here only leaves the caller's device unrestored; cleared, or the
+         * caller's next check_launch would blame it on its own kernel. */
+        if (prev_ >= 0) (void)cudaGetLastError();
     }
     DeviceScope(const DeviceScope &) = delete;
     DeviceScope &operator=(const DeviceScope &) = delete;
@@ -362,6 +368,27 @@ acn_status create(acn_cuda_net *net, const float *const weights[ACN_NUM_WEIGHTS]
     return ACN_OK;
 }
 
+/* forward's work on net->stream: input copy, layers (graph or launches), result copy. */
+acn_status run_and_download(acn_cuda_net *net, const Workspace &ws, const Plan &plan,
+                            float *out_host, const float *inp_host, int N, int H, int W) {
+    ACN_CUDA_TRY(cudaMemcpyAsync(ws.in, inp_host, plan.in_floats * sizeof(float),
+                                 cudaMemcpyHostToDevice, net->stream),
+                 "copy of the input to the GPU");
+    if (net->profile) {
+        LayerClock clock(net->stream);
+        ACN_TRY(run_layers(net, ws, N, H, W, &clock));
+        ACN_TRY(acn::download_and_wait(out_host, ws.logits, plan.logits_floats, net->stream));
+        clock.report(N, H, W);
+        return ACN_OK;
+    }
+    if (net->graph) {
+        ACN_CUDA_TRY(cudaGraphLaunch(net->graph, net->stream), "cudaGraphLaunch");
+        ++net->replays;
+    } else
+        ACN_TRY(run_layers(net, ws, N, H, W));
+    return acn::download_and_wait(out_host, ws.logits, plan.logits_floats, net->stream);
+}
+
 acn_status forward(acn_cuda_net *net, float *out_host, const float *inp_host, int N, int H,
                    int W) {
     DeviceScope device(net->device);
@@ -371,9 +398,11 @@ acn_status forward(acn_cuda_net *net, float *out_host, const float *inp_host, in
 
     const size_t need = workspace_floats(plan);
     if (need > net->work_floats) {
-        /* Every forward ends with a stream sync, so nothing still reads the old one. */
+        /* Every forward ends with a stream sync, a failed one too (wait_if_failed), so
+         * nothing still reads the old one. */
         drop_graph(net);
         (void)cudaFree(net->work);
+        (void)cudaGetLastError();   /* a failed free loses nothing; not left for check_launch */
         net->work = nullptr;
         net->work_floats = 0;
         void *mem = nullptr;
@@ -395,22 +424,10 @@ acn_status forward(acn_cuda_net *net, float *out_host, const float *inp_host, in
         capture_graph(net, ws, N, H, W);
     }
 
-    ACN_CUDA_TRY(cudaMemcpyAsync(ws.in, inp_host, plan.in_floats * sizeof(float),
-                                 cudaMemcpyHostToDevice, net->stream),
-                 "copy of the input to the GPU");
-    if (net->profile) {
-        LayerClock clock(net->stream);
-        ACN_TRY(run_layers(net, ws, N, H, W, &clock));
-        ACN_TRY(acn::download_and_wait(out_host, ws.logits, plan.logits_floats, net->stream));
-        clock.report(N, H, W);
-        return ACN_OK;
-    }
-    if (net->graph) {
-        ACN_CUDA_TRY(cudaGraphLaunch(net->graph, net->stream), "cudaGraphLaunch");
-        ++net->replays;
-    } else
-        ACN_TRY(run_layers(net, ws, N, H, W));
-    return acn::download_and_wait(out_host, ws.logits, plan.logits_floats, net->stream);
+    /* A failure part way leaves the input copy and the layers before it running on the
+     * workspace, which the next forward may free or overwrite: wait for them. */
+    return acn::wait_if_failed(run_and_download(net, ws, plan, out_host, inp_host, N, H, W),
+                               net->stream);
 }
 
 }  // namespace

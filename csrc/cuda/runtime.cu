@@ -49,6 +49,14 @@ acn_status check_launch(const char *kernel) {
     return err == cudaSuccess ? ACN_OK : cuda_fail(err, kernel);
 }
 
+acn_status wait_if_failed(acn_status status, cudaStream_t stream) {
+    if (status != ACN_OK) {
+        (void)cudaStreamSynchronize(stream);
+        (void)cudaGetLastError();   /* a sticky error stays reported by every later call */
+    }
+    return status;
+}
+
 namespace {
 
 /* One attribute of the current device, cached per device. Plenty of slots for the
@@ -100,6 +108,7 @@ acn_status check_tf32(const char *what) {
 }
 
 DeviceBuffers::~DeviceBuffers() {
+    if (queued_) (void)cudaStreamSynchronize(stream_);   /* already idle after a success */
     for (int i = 0; i < n_; ++i) (void)cudaFree(ptrs_[i]);
     (void)cudaGetLastError();
 }
@@ -121,6 +130,8 @@ acn_status DeviceBuffers::alloc_bytes(void **ptr, size_t count, size_t size, con
 acn_status DeviceBuffers::upload(float **ptr, const float *host, size_t count,
                                  cudaStream_t stream, const char *what) {
     ACN_TRY(alloc(ptr, count, what));
+    stream_ = stream;
+    queued_ = true;
     if (count)
         ACN_CUDA_TRY(cudaMemcpyAsync(*ptr, host, count * sizeof(float), cudaMemcpyHostToDevice,
                                      stream),
