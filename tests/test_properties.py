@@ -247,15 +247,28 @@ def test_adaptive_avg_pool2d_property(N, C, H, W, size, unbatched, dt, layout, s
 
 @_settings(60)
 @given(lead=st.sampled_from([(), (0,), (1,), (3,), (8,), (9,), (20,), (2, 3), (3, 7), (0, 4), (4, 0)]),
-       In=st.integers(1, 40), Out=st.integers(1, 20), bias=st.booleans(), xdt=dtypes,
+       In=st.integers(1, 40), Out=st.integers(1, 20), vector=st.booleans(),
+       bias=st.sampled_from(["none", "vector", "vector", "scalar", "one", "row", "full"]), xdt=dtypes,
        wdt=st.sampled_from(["float32", "float64", "float16", "int16"]), xl=layouts, wl=layouts, seed=seeds,
        naive=st.booleans(), wide=st.booleans())
-def test_linear_property(lead, In, Out, bias, xdt, wdt, xl, wl, seed, naive, wide):
+def test_linear_property(lead, In, Out, vector, bias, xdt, wdt, xl, wl, seed, naive, wide):
+    """Weights (Out, In) or a vector (In,), and every bias F.linear takes: (Out,), or any
+    shape that broadcasts to the output."""
+    out_shape = lead + (() if vector else (Out,))
+    bias_shape = {"none": None, "vector": None if vector else (Out,), "scalar": (), "one": (1,) if out_shape else (),
+                  "row": (1,) + out_shape[1:] if out_shape else None, "full": out_shape}[bias]
     x = apply_layout(make_values(seed, lead + (In,), xdt, wide), xl)
-    w = apply_layout(make_values(seed + 1, (Out, In), wdt), wl)
-    b = apply_layout(make_values(seed + 2, (Out,), "float64"), xl) if bias else None
+    w = apply_layout(make_values(seed + 1, (In,) if vector else (Out, In), wdt), wl)
+    b = None if bias_shape is None else make_values(seed + 2, bias_shape, "float64")
+    if bias_shape:   # a 0-d bias has no layout (ascontiguousarray would make it 1-D)
+        b = apply_layout(b, xl)
     g = Guard(x, w, b)
-    ref = F.linear(as_ref(x), as_ref(w), None if b is None else as_ref(b))
+    if b is not None and (vector or b.shape != (Out,)):
+        # torch broadcasts these through addmm or matmul + add, refusing some of them with a
+        # weight vector (a 2-D input); the sum is what each of its forms means.
+        ref = F.linear(as_ref(x), as_ref(w)) + as_ref(b)
+    else:
+        ref = F.linear(as_ref(x), as_ref(w), None if b is None else as_ref(b))
     out = ac.linear(x, w, b, _naive=naive)
     g.check(out)
     check_output(out, ref)
