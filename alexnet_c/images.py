@@ -112,17 +112,41 @@ def _center_crop(a: np.ndarray, size: int) -> np.ndarray:
     return a[top:top + size, left:left + size]
 
 
+# A resize larger than this is done only where the center crop falls. Such an image is
+# hundreds of times longer than wide (a 1x600 strip would become 256x153600): a few
+# hundred bytes of PNG could otherwise ask for gigabytes.
+FULL_RESIZE_MAX_PIXELS = 2**25
+
+
+def _resize_crop_region(pil: Any, nh: int, nw: int, crop: int) -> Any:
+    """The part of pil.resize((nw, nh)) that the center crop keeps, resized alone through
+    Pillow's box (its filter still reads the source pixels around the box). The box's
+    coordinates are not bit for bit the full resize's, so values may differ by one
+    step of 255 from it."""
+    def span(n: int) -> Tuple[int, int]:
+        return (int(round((n - crop) / 2.0)), crop) if n >= crop else (0, n)
+
+    (top, rows), (left, cols) = span(nh), span(nw)
+    w, h = pil.size
+    box = (left * w / nw, top * h / nh, (left + cols) * w / nw, (top + rows) * h / nh)
+    return pil.resize((cols, rows), _pil_image().BILINEAR, box=box)
+
+
 def preprocess(img: Any, *, resize_size: int = RESIZE_SIZE, crop_size: int = 224) -> np.ndarray:
     """float32 (3, crop_size, crop_size): `AlexNet_Weights.IMAGENET1K_V1.transforms()`.
 
     img: a path (str or PathLike), encoded image bytes, a PIL image, or a uint8 array
     (H, W), (H, W, 1), (H, W, 3) or (H, W, 4). EXIF orientation is not applied, as in
-    torchvision. crop_size=227 gives the original layout's input.
+    torchvision. crop_size=227 gives the original layout's input. An image so thin that
+    its resize would pass FULL_RESIZE_MAX_PIXELS is resized only where the crop falls
+    (within one step of 255 of torchvision's values, in bounded memory).
     """
     pil = _to_rgb_pil(img)
     w, h = pil.size
     nh, nw = _resized_size(h, w, resize_size)
-    if (nh, nw) != (h, w):
+    if nh * nw > FULL_RESIZE_MAX_PIXELS:
+        pil = _resize_crop_region(pil, nh, nw, crop_size)
+    elif (nh, nw) != (h, w):
         pil = pil.resize((nw, nh), _pil_image().BILINEAR)
     a = _center_crop(np.asarray(pil, dtype=np.uint8), crop_size)
     # Same float32 operations, in the same order, as torchvision's

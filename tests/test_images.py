@@ -13,6 +13,7 @@ from torch import nn  # noqa: E402
 from torchvision import transforms as T  # noqa: E402
 
 from alexnet_c import categories, images  # noqa: E402
+from _subproc import child_env, run_python  # noqa: E402
 
 WEIGHTS = torchvision.models.AlexNet_Weights.IMAGENET1K_V1
 TV_TRANSFORM = WEIGHTS.transforms()
@@ -103,6 +104,42 @@ def test_odd_sizes_match_torchvision(shape):
     rng = np.random.default_rng(sum(shape))
     a = rng.integers(0, 256, shape + (3,), dtype=np.uint8)
     assert np.abs(images.preprocess(a) - tv(PIL_Image.fromarray(a))).max() <= 1e-5
+
+
+# one step of 255 in a channel, after normalisation (the smallest std divides most)
+ONE_STEP = 1.0 / 255.0 / min(images.STD) + 1e-5
+
+
+@pytest.mark.parametrize("shape,crop,resize", [((2, 700), 224, 256), ((700, 3), 224, 256), ((5, 900), 227, 256),
+                                               ((1, 400), 224, 200), ((640, 480), 224, 256)])
+def test_resize_of_the_crop_region_alone_stays_within_one_step(monkeypatch, shape, crop, resize):
+    """The path an image too thin for a whole resize takes, forced on small images here
+    (threshold lowered) to compare it with torchvision's whole resize and crop."""
+    monkeypatch.setattr(images, "FULL_RESIZE_MAX_PIXELS", 1000)
+    rng = np.random.default_rng(sum(shape))
+    a = rng.integers(0, 256, shape + (3,), dtype=np.uint8)
+    ref = T.Compose([T.Resize(resize, antialias=True), T.CenterCrop(crop), T.ToTensor(),
+                     T.Normalize(images.MEAN, images.STD)])(PIL_Image.fromarray(a)).numpy()
+    out = images.preprocess(a, resize_size=resize, crop_size=crop)
+    assert out.shape == ref.shape == (3, crop, crop)
+    assert np.abs(out - ref).max() <= ONE_STEP
+
+
+def test_thin_strip_is_preprocessed_in_bounded_memory(tmp_path):
+    """A 1 x 60000 PNG is a few hundred bytes; resized whole (256 x 15,360,000) it
+    would take 11.8 GB. Under a 3 GiB address-space limit the crop region alone fits."""
+    path = tmp_path / "strip.png"
+    strip = np.zeros((1, 60000, 3), np.uint8)
+    strip[..., 0], strip[..., 1], strip[..., 2] = 10, 120, 250
+    PIL_Image.fromarray(strip).save(path)
+    code = ("import resource, sys, numpy as np; "
+            "resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30)); "
+            "from alexnet_c import images; "
+            f"x = images.preprocess({str(path)!r}); "
+            "print(x.shape, float(np.ptp(x, axis=(1, 2)).max()))")
+    res = run_python(["-c", code], env=child_env(OMP_NUM_THREADS="1"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == ["(3,", "224,", "224)", "0.0"]
 
 
 def test_crop_227_matches_torchvision_pipeline():
