@@ -10,11 +10,14 @@
 
 A bad argument or an unusable file prints one line and exits with status 2; a failure
 while running (a CUDA error, memory running out) prints one line and exits with 1.
+predict reports an image it cannot read or decode on a line of its own, scores the
+rest, and then exits with 1. A closed output pipe ends it quietly with 141.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -128,8 +131,10 @@ def cmd_predict(args) -> int:
                 if failed:
                     row["error"] = f"{type(result).__name__}: {result}"
                 else:
-                    row["predictions"] = [{"category": c, "probability": p} for c, p in result]
-                print(json.dumps(row), flush=True)
+                    # NaN logits give NaN probabilities: null, as strict JSON has no NaN
+                    row["predictions"] = [{"category": c, "probability": p if math.isfinite(p) else None}
+                                          for c, p in result]
+                print(json.dumps(row, allow_nan=False), flush=True)
             elif failed:
                 print(f"{path}: error: {type(result).__name__}: {result}")
             else:
@@ -311,6 +316,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ._errors import WeightsError
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # The reader went away (`alexnet-c predict ... | head`): stop quietly, as a shell
+        # tool does, and keep the interpreter's final flush from reporting it again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (UsageError, WeightsError, OSError, ValueError, ImportError) as exc:
         print(f"alexnet-c {args.command}: error: {exc}", file=sys.stderr)
         return 2

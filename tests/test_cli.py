@@ -112,6 +112,30 @@ def test_predict_json_lines(weights_file, images):
     np.testing.assert_allclose([p["probability"] for p in got], [p for _, p in expected], rtol=1e-5)
 
 
+def test_predict_json_is_strict_json_with_nan_logits(tmp_path, images):
+    sd = dict(ac.AlexNet(num_classes=1000, seed=0).state_dict())
+    sd["classifier.6.bias"] = np.full(1000, np.nan, np.float32)
+    path = tmp_path / "nan.safetensors"
+    ac.AlexNet.from_state_dict(sd).save(path)
+    res = run_python(CLI + ["predict", str(images / "img0.png"), "--weights", str(path), "--topk", "2", "--json"])
+    assert res.returncode == 0, res.stderr
+
+    def refuse(name):
+        raise AssertionError(f"not strict JSON: {name}")
+    row = json.loads(res.stdout, parse_constant=refuse)
+    assert [p["probability"] for p in row["predictions"]] == [None, None]
+
+
+def test_predict_into_a_closed_pipe_stops_quietly(weights_file, images):
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, *CLI, "predict", str(images), "--weights", str(weights_file), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(), cwd=str(images))
+    proc.stdout.close()   # the reader is gone before the first line, as `| head -0` would leave it
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 141 and err == b""
+
+
 def test_predict_text_output(weights_file, images):
     res = run_python(CLI + ["predict", str(images / "img0.png"), "--weights", str(weights_file), "--topk", "2"])
     assert res.returncode == 0, res.stderr
