@@ -10,9 +10,10 @@ Formats, detected by content rather than by suffix:
 A weights file is untrusted input. PyTorch checkpoints hold pickles, and an
 ordinary unpickler runs whatever the file names, so ``data.pkl`` is read by the
 small interpreter below: it knows the opcodes ``torch.save`` emits and maps the
-few globals a state dict needs to stand-in objects of its own. Nothing is ever
-imported or called on the file's say-so. Every problem with the content is a
-:class:`WeightsError` that says what was expected and what was found.
+few globals a state dict (and a training checkpoint's plain metadata) needs to
+stand-in objects of its own. Nothing is ever imported or called on the file's
+say-so. Every problem with the content is a :class:`WeightsError` that says what
+was expected and what was found.
 """
 from __future__ import annotations
 
@@ -183,7 +184,7 @@ def _describe(x: Any) -> str:
         return repr(x)
     if isinstance(x, int):
         return str(x) if x.bit_length() <= 64 else f"a {x.bit_length()}-bit integer"
-    if isinstance(x, (dict, list, tuple)):
+    if isinstance(x, (dict, list, tuple, set, frozenset)):
         return f"a {type(x).__name__} of {len(x)} items"
     return f"a {type(x).__name__}"
 
@@ -292,6 +293,94 @@ def _check_key(key: Any) -> None:
         raise WeightsError(f"dict key: expected a str or number, found {_describe(key)}")
 
 
+# What a set may hold: values whose hash is cheap and runs no code of the file's.
+_FLAT_TYPES = (str, int, float, bool, bytes, complex, type(None))
+
+
+def _describe_args(args: tuple) -> str:
+    if not args:
+        return "no arguments"
+    shown = ", ".join(_describe(a) for a in args[:3])
+    return f"({shown}{', ...' if len(args) > 3 else ''})"
+
+
+def _flat_items(items: Iterable[Any], what: str) -> List[Any]:
+    items = list(items)
+    for x in items:
+        if type(x) not in _FLAT_TYPES:
+            raise WeightsError(f"{what}: expected str, number or bytes items, found {_describe(x)}")
+    return items
+
+
+# The plain values below are what torch.load(weights_only=True) also accepts in a
+# training checkpoint's metadata (torch/_weights_only_unpickler.py); each is built
+# here from values already on the stack, and never from a str or int alone that
+# would make the constructor parse text or allocate memory.
+
+def _codecs_encode(args: tuple, vm: "_Unpickler") -> bytes:
+    # Protocol 2 has no bytes opcode: pickle writes b"..." as
+    # _codecs.encode(text, 'latin1'), whose code points map one-to-one to bytes.
+    if len(args) != 2 or type(args[0]) is not str or type(args[1]) is not str or args[1] != "latin1":
+        raise WeightsError("_codecs.encode: expected (str, 'latin1') as pickle writes bytes, "
+                           f"found {_describe_args(args)}")
+    try:
+        return args[0].encode("latin-1")
+    except UnicodeEncodeError:
+        raise WeightsError("_codecs.encode: expected text of code points below 256 (bytes), "
+                           f"found {_describe(args[0])}") from None
+
+
+def _set(args: tuple, vm: "_Unpickler") -> set:
+    if args == ():
+        return set()
+    if len(args) == 1 and type(args[0]) in (list, tuple, set, frozenset):
+        return set(_flat_items(args[0], "builtins.set"))
+    raise WeightsError(f"builtins.set: expected no arguments or one list of items, "
+                       f"found {_describe_args(args)}")
+
+
+def _complex(args: tuple, vm: "_Unpickler") -> complex:
+    if len(args) > 2 or not all(type(a) in (int, float) for a in args):
+        raise WeightsError(f"builtins.complex: expected up to two numbers (real, imag), "
+                           f"found {_describe_args(args)}")
+    try:
+        return complex(*args)
+    except OverflowError:
+        raise WeightsError(f"builtins.complex: {_describe_args(args)} overflows a float") from None
+
+
+def _bytearray(args: tuple, vm: "_Unpickler") -> bytearray:
+    # bytearray(n) would allocate n bytes on the file's say-so.
+    if args == ():
+        return bytearray()
+    if len(args) == 1 and type(args[0]) in (bytes, bytearray):
+        return bytearray(args[0])
+    raise WeightsError(f"builtins.bytearray: expected no arguments or one bytes value, "
+                       f"found {_describe_args(args)}")
+
+
+def _torch_size(args: tuple, vm: "_Unpickler") -> Tuple[int, ...]:
+    """torch.Size stands as the plain tuple of ints it is."""
+    if args == ():
+        return ()
+    if len(args) == 1 and type(args[0]) in (tuple, list) and len(args[0]) <= _MAX_NDIM and all(
+            type(v) is int and -_I64_MAX - 1 <= v <= _I64_MAX for v in args[0]):
+        return tuple(args[0])
+    raise WeightsError(f"torch.Size: expected one tuple of at most {_MAX_NDIM} 64-bit ints, "
+                       f"found {_describe_args(args)}")
+
+
+def _torch_device(args: tuple, vm: "_Unpickler") -> str:
+    """torch.device stands as its string form, 'cpu' or 'cuda:0'."""
+    if 1 <= len(args) <= 2 and type(args[0]) is str:
+        if len(args) == 1 or args[1] is None:
+            return args[0]
+        if type(args[1]) is int and 0 <= args[1] <= _I64_MAX:
+            return f"{args[0]}:{args[1]}"
+    raise WeightsError(f"torch.device: expected (type[, index]) such as ('cuda', 0), "
+                       f"found {_describe_args(args)}")
+
+
 def _allowed_globals() -> Dict[Tuple[str, str], Any]:
     table: Dict[Tuple[str, str], Any] = {
         ("collections", "OrderedDict"): _Callable("collections.OrderedDict", _ordered_dict),
@@ -302,6 +391,12 @@ def _allowed_globals() -> Dict[Tuple[str, str], Any]:
             _Callable("torch._utils._rebuild_parameter_with_state", _rebuild_parameter),
         ("torch.storage", "UntypedStorage"): _StorageType("torch.storage.UntypedStorage", _E["uint8"]),
         ("torch", "UntypedStorage"): _StorageType("torch.UntypedStorage", _E["uint8"]),
+        ("_codecs", "encode"): _Callable("_codecs.encode", _codecs_encode),
+        ("builtins", "set"): _Callable("builtins.set", _set),
+        ("builtins", "complex"): _Callable("builtins.complex", _complex),
+        ("builtins", "bytearray"): _Callable("builtins.bytearray", _bytearray),
+        ("torch", "Size"): _Callable("torch.Size", _torch_size),
+        ("torch", "device"): _Callable("torch.device", _torch_device),
     }
     for name, elem in _STORAGE_TYPES.items():
         table[("torch", name)] = _StorageType(f"torch.{name}", elem)
@@ -313,10 +408,38 @@ def _allowed_globals() -> Dict[Tuple[str, str], Any]:
 _ALLOWED = _allowed_globals()
 
 
+def _frozenset_refusal() -> WeightsError:
+    return WeightsError("a frozenset value is not supported (torch.load(weights_only=True) "
+                        "refuses it too): expected a state dict whose metadata holds plain "
+                        "values such as numbers, strings, lists, dicts, bytes or sets")
+
+
+# Names torch.load(weights_only=True) accepts but that have no NumPy counterpart here.
+_UNSUPPORTED_DTYPES = frozenset(
+    ["float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu",
+     "float4_e2m1fn_x2", "complex32", "chalf", "bcomplex32", "bits8", "bits16", "bits1x8",
+     "bits2x4", "bits4x2", "qint8", "qint32", "quint8", "quint4x2", "quint2x4"]
+    + [f"{u}int{n}" for u in ("", "u") for n in range(1, 8)])
+_QUANTIZED_STORAGES = frozenset(
+    ["QInt8Storage", "QInt32Storage", "QUInt8Storage", "QUInt4x2Storage", "QUInt2x4Storage"])
+_SUPPORTED_DTYPES = ", ".join(sorted(_E))
+# Python 2's name for the module, which protocol 2 pickles still write.
+_MODULE_ALIASES = {"__builtin__": "builtins"}
+
+
 def _refuse_global(module: str, name: str) -> WeightsError:
+    if module == "torch" and name in _UNSUPPORTED_DTYPES:
+        return WeightsError(f"tensor dtype torch.{name} is not supported: expected one of "
+                            f"{_SUPPORTED_DTYPES}")
+    if module == "torch" and name in _QUANTIZED_STORAGES:
+        return WeightsError(f"quantized tensors (torch.{name}) are not supported: expected one of "
+                            f"{_SUPPORTED_DTYPES}")
+    if _MODULE_ALIASES.get(module, module) == "builtins" and name == "frozenset":
+        return _frozenset_refusal()
     msg = (f"refusing pickle global {module}.{name}: a state dict needs only "
            "collections.OrderedDict, torch._utils._rebuild_tensor_v2/_rebuild_parameter "
-           "and torch storage types, and nothing in a weights file is run")
+           "and torch storage types, its metadata only bytes, set, complex, bytearray, "
+           "torch.Size and torch.device, and nothing in a weights file is run")
     if module.startswith(("torch.nn", "__main__", "torchvision")):
         msg += ("; this looks like a whole pickled model (torch.save(model)): "
                 "save model.state_dict() instead")
@@ -550,6 +673,25 @@ class _Unpickler:
     def op_empty_dict(self) -> None:
         self.stack.append({})
 
+    def op_empty_set(self) -> None:
+        self.stack.append(set())
+
+    def op_additems(self) -> None:
+        items = self.pop_mark()
+        target = self.top()
+        if type(target) is not set:
+            raise self.fail(f"ADDITEMS to {_describe(target)}, expected a set")
+        try:
+            target.update(_flat_items(items, "set"))
+        except WeightsError as e:
+            raise self.fail(str(e)) from None
+
+    def op_frozenset(self) -> None:
+        raise self.fail(str(_frozenset_refusal()))
+
+    def op_bytearray8(self) -> None:
+        self.stack.append(bytearray(self.take(self.uint("<Q"))))
+
     def _set_items(self, d: Any, items: List[Any], opname: str) -> None:
         if type(d) is not dict:
             raise self.fail(f"{opname} on {_describe(d)}, expected a dict")
@@ -578,7 +720,7 @@ class _Unpickler:
         self._set_items(self.top(), items, "SETITEMS")
 
     def _global(self, module: str, name: str) -> None:
-        obj = _ALLOWED.get((module, name))
+        obj = _ALLOWED.get((_MODULE_ALIASES.get(module, module), name))
         if obj is None:
             raise self.fail(str(_refuse_global(module, name)))
         self.stack.append(obj)
@@ -657,6 +799,8 @@ _DISPATCH: Dict[int, Callable[[_Unpickler], Optional[bool]]] = {
     0x87: _Unpickler.op_tuple3, ord("]"): _Unpickler.op_empty_list, ord("l"): _Unpickler.op_list,
     ord("a"): _Unpickler.op_append, ord("e"): _Unpickler.op_appends,
     ord("}"): _Unpickler.op_empty_dict, ord("d"): _Unpickler.op_dict,
+    0x8F: _Unpickler.op_empty_set, 0x90: _Unpickler.op_additems,
+    0x91: _Unpickler.op_frozenset, 0x96: _Unpickler.op_bytearray8,
     ord("s"): _Unpickler.op_setitem, ord("u"): _Unpickler.op_setitems,
     ord("c"): _Unpickler.op_global, 0x93: _Unpickler.op_stack_global,
     ord("R"): _Unpickler.op_reduce, ord("b"): _Unpickler.op_build,
@@ -934,14 +1078,31 @@ def _read_zip(f: Any, path: str, file_size: int) -> Dict[str, np.ndarray]:
         names = [i.orig_filename for i in zf.infolist()]
         if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
             return _read_torch_zip(f, zf, path, file_size)
-        if names and all(n.endswith(".npy") for n in names):
+        # No members at all is an empty .npz, as np.savez and write_state_dict({}) write it.
+        if all(n.endswith(".npy") for n in names):
             return _read_npz(f, zf, path, file_size)
         raise WeightsError(
             f"{path!r}: a zip archive that is neither a PyTorch checkpoint (<folder>/data.pkl) "
             f"nor an .npz (.npy members only); found members {names[:8]}")
 
 
+def _torchscript_marker(names: List[str]) -> Optional[str]:
+    """The member that shows a torch.jit.save archive: it has data.pkl as torch.save's
+    does, but also constants.pkl and the module's code/ (deflated, unlike the rest)."""
+    for n in names:
+        parts = n.split("/")
+        if len(parts) >= 2 and (parts[1] == "code"
+                                or (len(parts) == 2 and parts[1] == "constants.pkl")):
+            return n
+    return None
+
+
 def _read_torch_zip(f: Any, zf: zipfile.ZipFile, path: str, file_size: int) -> Dict[str, np.ndarray]:
+    marker = _torchscript_marker([i.orig_filename for i in zf.infolist()])
+    if marker is not None:
+        raise WeightsError(f"{path!r}: a TorchScript archive (torch.jit.save; it has {marker[:80]!r}), "
+                           "which is not supported: load it with torch.jit.load and save its "
+                           "state_dict() with torch.save")
     members = _zip_members(f, zf, file_size, stored_only=True)
     prefixes = [n[:-len("/data.pkl")] for n in members
                 if n.endswith("/data.pkl") and n.count("/") == 1]
@@ -1055,11 +1216,11 @@ def _read_npz(f: Any, zf: zipfile.ZipFile, path: str, file_size: int) -> Dict[st
     except Exception as e:   # numpy's and zipfile's errors for corrupt members
         raise WeightsError(f"{path!r}: unreadable .npz member ({type(e).__name__}: {e})") from e
     for key, arr in out.items():
-        if arr.dtype.kind == "f" and arr.dtype != np.float32:
+        dtype = np.dtype(np.float32) if arr.dtype.kind == "f" else arr.dtype.newbyteorder("=")
+        # np.load keeps a member's Fortran order (np.savez of a transposed array).
+        if arr.dtype != dtype or not arr.flags.c_contiguous:
             with np.errstate(over="ignore", invalid="ignore"):
-                out[key] = arr.astype(np.float32)
-        elif not arr.dtype.isnative:
-            out[key] = arr.astype(arr.dtype.newbyteorder("="))
+                out[key] = arr.astype(dtype, order="C")
     return out
 
 
@@ -1430,21 +1591,31 @@ _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _PAD_EXTRA_ID = 0x4C41   # private extra-field id, ignored by every reader
 
 
-def _zip_put(zf: zipfile.ZipFile, fh: Any, name: str, data: Any, align: int = 64) -> None:
-    """Writes one stored member whose data starts on an `align`-byte boundary
-    (padding goes in the local header's extra field), as torch's writer does, so
-    the file can be memory-mapped."""
-    view = memoryview(data).cast("B")
+def _aligned_info(header_offset: int, name: str, nbytes: int,
+                  align: int = 64) -> Tuple[zipfile.ZipInfo, bool]:
+    """The ZipInfo (and zip64 flag to open it with) of a stored member whose local
+    header starts at header_offset and whose data then starts on an `align`-byte
+    boundary; the padding goes in the local header's extra field."""
     info = zipfile.ZipInfo(name, date_time=_ZIP_EPOCH)
     info.compress_type = zipfile.ZIP_STORED
-    info.file_size = view.nbytes
-    zip64 = view.nbytes > 2**31    # zipfile adds a 20-byte zip64 extra exactly then
-    base = fh.tell() + 30 + len(name.encode("utf-8")) + (20 if zip64 else 0)
+    info.file_size = nbytes
+    # zipfile's own test (ZipFile._open_to_write), which allows 5% for compression:
+    # its local header then carries a 20-byte zip64 extra field.
+    zip64 = nbytes * 1.05 > zipfile.ZIP64_LIMIT
+    base = header_offset + 30 + len(name.encode("utf-8")) + (20 if zip64 else 0)
     pad = -base % align
     if pad:
         if pad < 4:
             pad += align
         info.extra = struct.pack("<HH", _PAD_EXTRA_ID, pad - 4) + bytes(pad - 4)
+    return info, zip64
+
+
+def _zip_put(zf: zipfile.ZipFile, fh: Any, name: str, data: Any, align: int = 64) -> None:
+    """Writes one stored member aligned as torch's writer does, so the file can be
+    memory-mapped."""
+    view = memoryview(data).cast("B")
+    info, zip64 = _aligned_info(fh.tell(), name, view.nbytes, align)
     with zf.open(info, "w", force_zip64=zip64) as w:
         w.write(view)
 
@@ -1481,16 +1652,24 @@ def _write_safetensors(arrays: Dict[str, np.ndarray], tmp: str) -> None:
     os.chmod(tmp, mode)
 
 
+def output_format(path: "os.PathLike[str] | str") -> str:
+    """The suffix write_state_dict goes by ('.pth', '.pt', '.safetensors', '.npz'), or a
+    ValueError for a path it cannot write: for callers that check before reading."""
+    path = os.fsdecode(os.fspath(path))
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in _SUFFIXES:
+        raise ValueError(f"cannot tell the format from {path!r}: expected a suffix among "
+                         f"{', '.join(_SUFFIXES)}")
+    return suffix
+
+
 def write_state_dict(state_dict: Mapping[str, Any], path: "os.PathLike[str] | str") -> None:
     """Writes a state dict as float32, in the format the suffix names: .pth/.pt
     (PyTorch's zip format, loadable by torch.load(weights_only=True)), .safetensors
     or .npz. The file is replaced atomically. Raises ValueError for another suffix
     and TypeError for non-str keys or non-numeric values."""
     path = os.fsdecode(os.fspath(path))
-    suffix = os.path.splitext(path)[1].lower()
-    if suffix not in _SUFFIXES:
-        raise ValueError(f"cannot tell the format from {path!r}: expected a suffix among "
-                         f"{', '.join(_SUFFIXES)}")
+    suffix = output_format(path)
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"expected a mapping of name -> array, found {type(state_dict).__name__}")
     arrays = {k: _as_float32(k, v) for k, v in state_dict.items()}

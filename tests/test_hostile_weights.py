@@ -131,6 +131,8 @@ def test_payload_in_magic_number_pickle(tmp_path, sentinel):
     ("numpy.core.multiarray", "_reconstruct", _ckpt.p_str("x")),
     ("torch._utils", "_rebuild_qtensor", _ckpt.p_str("x")),
     ("torch.nn.modules.linear", "Linear", b""),
+    ("__builtin__", "eval", _ckpt.p_str("__import__('os').system('touch SENTINEL')")),
+    ("_codecs", "decode", _ckpt.p_str("x")),
 ])
 def test_refused_globals(tmp_path, sentinel, monkeypatch, module, name, arg):
     monkeypatch.chdir(tmp_path)           # where 'SENTINEL' would appear
@@ -205,6 +207,103 @@ _REBUILD = _ckpt.p_global("torch._utils", "_rebuild_tensor_v2")
 def test_malformed_pickles(tmp_path, label, data):
     for p in (zip_with_pickle(tmp_path / "m.pth", data), legacy_with_pickle(tmp_path / "m_legacy.pth", data)):
         refused(p)
+
+
+def _with_metadata(value: bytes) -> bytes:
+    """{"state_dict": {}, "x": value}: the metadata value is all that can be wrong."""
+    return (b"\x80\x02}(" + _ckpt.p_str("state_dict") + b"}" + _ckpt.p_str("x") + value + b"u.")
+
+
+def _call(module: str, name: str, *args: bytes) -> bytes:
+    return _ckpt.p_global(module, name) + b"(" + b"".join(args) + b"tR"
+
+
+_S, _I = _ckpt.p_str, _ckpt.p_int
+
+
+@pytest.mark.parametrize("label,value", [
+    ("bytes", _call("_codecs", "encode", _S("x\u00ff"), _S("latin1"))),
+    ("set (Python 2 name)", _call("__builtin__", "set", b"]" + _S("a") + b"a")),
+    ("set", _call("builtins", "set")),
+    ("set opcodes", b"\x8f(" + _S("a") + _I(1) + b"G" + struct.pack(">d", 0.5) + b"\x90"),
+    ("complex", _call("builtins", "complex", b"G" + struct.pack(">d", 1.0), _I(2))),
+    ("bytearray", _call("builtins", "bytearray", b"C\x02ab")),
+    ("BYTEARRAY8", b"\x96" + struct.pack("<Q", 3) + b"abc"),
+    ("torch.Size", _call("torch", "Size", b"(" + _I(2) + _I(-1) + b"t")),
+    ("empty torch.Size", _call("torch", "Size")),
+    ("torch.device", _call("torch", "device", _S("cuda"), _I(1))),
+    ("torch.device without index", _call("torch", "device", _S("cpu"), b"N")),
+])
+def test_plain_metadata_values(tmp_path, label, value):
+    data = _with_metadata(value)
+    for p in (zip_with_pickle(tmp_path / "m.pth", data), legacy_with_pickle(tmp_path / "m_l.pth", data)):
+        assert read_state_dict(p) == {}
+
+
+@pytest.mark.parametrize("label,value,match", [
+    ("encode to utf-8", _call("_codecs", "encode", _S("xy"), _S("utf-8")), r"expected \(str, 'latin1'\)"),
+    ("encode one argument", _call("_codecs", "encode", _S("xy")), r"expected \(str, 'latin1'\)"),
+    ("encode of bytes", _call("_codecs", "encode", b"C\x01x", _S("latin1")), r"expected \(str, 'latin1'\)"),
+    ("encode beyond latin-1", _call("_codecs", "encode", _S("\u20ac"), _S("latin1")), "below 256"),
+    ("set of a str", _call("builtins", "set", _S("abc")), "one list of items"),
+    ("set of a dict", _call("builtins", "set", b"}"), "one list of items"),
+    ("set with a list item", _call("builtins", "set", b"]]a"), "found a list"),
+    ("set with a tuple item", _call("builtins", "set", b"])a"), "found a tuple"),
+    ("set of two lists", _call("builtins", "set", b"]", b"]"), "one list of items"),
+    ("ADDITEMS of a list item", b"\x8f(]\x90", "found a list"),
+    ("ADDITEMS to a list", b"](" + _I(1) + b"\x90", "ADDITEMS to a list"),
+    ("ADDITEMS below its MARK", b"\x8f\x90", "ADDITEMS to a dict"),
+    ("FROZENSET opcode", b"(" + _I(1) + b"\x91", "frozenset value is not supported"),
+    ("builtins.frozenset", _call("builtins", "frozenset", b"]"), "frozenset value is not supported"),
+    ("__builtin__.frozenset", _call("__builtin__", "frozenset", b"]"), "frozenset value is not supported"),
+    ("complex of a str", _call("builtins", "complex", _S("1+2j")), "up to two numbers"),
+    ("complex of three", _call("builtins", "complex", _I(1), _I(2), _I(3)), "up to two numbers"),
+    ("complex overflow", _call("builtins", "complex", _I(2**2000)), "overflows"),
+    ("bytearray of a size", _call("builtins", "bytearray", _I(2**40)), "one bytes value"),
+    ("bytearray of a str", _call("builtins", "bytearray", _S("ab"), _S("latin-1")), "one bytes value"),
+    ("BYTEARRAY8 past the end", b"\x96" + struct.pack("<Q", 2**62) + b"abc", "truncated"),
+    ("torch.Size of strs", _call("torch", "Size", b"(" + _S("a") + b"t"), "64-bit ints"),
+    ("torch.Size of a huge int", _call("torch", "Size", b"(" + _I(2**70) + b"t"), "64-bit ints"),
+    ("torch.Size of floats", _call("torch", "Size", b"(G" + struct.pack(">d", 1.0) + b"t"), "64-bit ints"),
+    ("torch.Size of 70 dims", _call("torch", "Size", b"(" + _I(1) * 70 + b"t"), "at most 64"),
+    ("torch.Size of two", _call("torch", "Size", b")", b")"), "one tuple"),
+    ("torch.device of an int", _call("torch", "device", _I(0)), r"\(type\[, index\]\)"),
+    ("torch.device negative index", _call("torch", "device", _S("cuda"), _I(-1)), r"\(type\[, index\]\)"),
+    ("torch.device str index", _call("torch", "device", _S("cuda"), _S("0")), r"\(type\[, index\]\)"),
+    ("torch.device no arguments", _call("torch", "device"), r"\(type\[, index\]\)"),
+    ("set as a dict key", b"}" + _call("builtins", "set") + _I(1) + b"s", "dict key"),
+    ("torch.Size as a dict key", b"}" + _call("torch", "Size") + _I(1) + b"s", "dict key"),
+])
+def test_bad_metadata_values(tmp_path, label, value, match):
+    data = _with_metadata(value)
+    for p in (zip_with_pickle(tmp_path / "m.pth", data), legacy_with_pickle(tmp_path / "m_l.pth", data)):
+        refused(p, match)
+
+
+@pytest.mark.parametrize("name", ["float8_e4m3fn", "float8_e5m2fnuz", "float4_e2m1fn_x2", "complex32",
+                                  "qint8", "uint4", "bits16"])
+def test_unsupported_dtypes_are_named(tmp_path, name):
+    data = (b"\x80\x02}" + _S("w") + _call("torch._utils", "_rebuild_tensor_v3", b"N", _I(0), b")", b")",
+                                             b"\x89", b"}", _ckpt.p_global("torch", name)) + b"s.")
+    refused(zip_with_pickle(tmp_path / "d.pth", data), rf"dtype torch\.{name} is not supported")
+
+
+def test_quantized_storage_is_named(tmp_path):
+    p = zip_with_pickle(tmp_path / "q.pth", _ckpt.tensor_pickle([one_tensor(stype="QInt8Storage")]),
+                        {"0": SIX_FLOATS})
+    refused(p, r"quantized tensors \(torch\.QInt8Storage\) are not supported")
+
+
+def test_torchscript_markers_refuse_before_member_checks(tmp_path):
+    for extra in ([("archive/constants.pkl", b"\x80\x02).")],
+                  [("archive/code/__torch__/m.py", b"def forward(self): ...")]):
+        p = zip_with_pickle(tmp_path / "ts.pth", _ckpt.tensor_pickle([one_tensor()]), {"0": SIX_FLOATS},
+                            extra=extra, compression=zipfile.ZIP_DEFLATED)
+        refused(p, "TorchScript archive")
+    # a state-dict key or a storage named like them is no marker
+    p = zip_with_pickle(tmp_path / "ok.pth", _ckpt.tensor_pickle([one_tensor(name="code")]),
+                        {"0": SIX_FLOATS}, extra=[("archive/.data/serialization_id", b"1")])
+    assert list(read_state_dict(p)) == ["code"]
 
 
 def test_trailing_bytes_after_stop(tmp_path):
@@ -344,9 +443,9 @@ def test_zip_structure_problems(tmp_path, good_zip_members):
         _ckpt.write_zip(p, members)
         with pytest.raises(WeightsError):
             read_state_dict(p)
-    p = tmp_path / "empty.zip"
+    p = tmp_path / "empty.zip"       # no members: an empty .npz (np.savez() writes it)
     _ckpt.write_zip(p, [])
-    refused(p)
+    assert read_state_dict(p) == {}
 
 
 def test_zip_crc_mismatch(tmp_path):

@@ -219,6 +219,20 @@ def test_npz(tmp_path):
         _ckpt.assert_same_arrays({k: got[k] for k in want}, want)
 
 
+def test_npz_fortran_order_comes_back_c_contiguous(tmp_path):
+    arrays = {"f32": np.arange(6, dtype=np.float32).reshape(2, 3),
+              "f64": np.arange(12, dtype=np.float64).reshape(3, 4),
+              "i32": np.arange(6, dtype=np.int32).reshape(3, 2),
+              "be": np.arange(6, dtype=">f4").reshape(2, 3)}
+    p = tmp_path / "f.npz"
+    np.savez(p, **{k: np.asfortranarray(v) for k, v in arrays.items()})
+    got = read_state_dict(p)
+    for k, v in arrays.items():
+        assert got[k].flags.c_contiguous and got[k].flags.writeable, k
+        np.testing.assert_array_equal(got[k], v)
+        assert got[k].dtype == (np.float32 if v.dtype.kind == "f" else v.dtype), k
+
+
 def test_format_is_detected_by_content_not_suffix(tmp_path):
     sd = _ckpt.dtype_state_dict(torch.float32)
     want = _ckpt.expected_arrays(sd)
@@ -255,6 +269,92 @@ def test_training_checkpoint_wrappers(tmp_path):
         read_state_dict(p)
 
 
+# Values torch.load(weights_only=True) accepts in a training checkpoint besides tensors.
+METADATA = {
+    "bytes": lambda: b"xy\x00\xff",          # protocol 2: _codecs.encode('xy...', 'latin1')
+    "set": lambda: {1, "a", b"z", 2.5},
+    "empty set": set,
+    "complex": lambda: 1 + 2j,
+    "bytearray": lambda: bytearray(b"ab\x00"),
+    "torch.Size": lambda: torch.Size([2, 3]),
+    "torch.device cuda:0": lambda: torch.device("cuda", 0),
+    "torch.device cpu": lambda: torch.device("cpu"),
+}
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+@pytest.mark.parametrize("protocol", [2, 4])
+@pytest.mark.parametrize("kind", list(METADATA))
+def test_training_checkpoint_metadata(kind, protocol, legacy, tmp_path):
+    sd = _ckpt.dtype_state_dict(torch.float32)
+    value = METADATA[kind]()
+    ckpt = {"state_dict": sd, "epoch": 3, "extra": value,
+            "nested": {"in a list": [value, value], "in a dict": {"k": value}}}
+    p = tmp_path / "train.pth"
+    _ckpt.torch_save(ckpt, p, legacy=legacy, protocol=protocol)
+    want = _ckpt.expected_arrays(sd)
+    _ckpt.assert_same_arrays(read_state_dict(p), want)
+    # torch's weights_only loader reads the same file (it lacks protocol 4's opcodes).
+    loaded = torch_load(p, weights_only=protocol == 2)
+    assert loaded["extra"] == value
+    _ckpt.assert_same_arrays(_ckpt.expected_arrays(loaded["state_dict"]), want)
+
+
+def test_training_checkpoint_metadata_protocol_5_bytearray(tmp_path):
+    sd = _ckpt.dtype_state_dict(torch.float32)
+    p = tmp_path / "train5.pth"
+    _ckpt.torch_save({"model": sd, "buf": bytearray(b"abc")}, p, protocol=5)
+    assert b"\x96" in dict(_ckpt.zip_members(p))[f"{p.stem}/data.pkl"]     # BYTEARRAY8
+    _ckpt.assert_same_arrays(read_state_dict(p), _ckpt.expected_arrays(sd))
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+@pytest.mark.parametrize("protocol", [2, 4])
+def test_frozenset_metadata_is_refused_as_torch_does(protocol, legacy, tmp_path):
+    p = tmp_path / "fs.pth"
+    _ckpt.torch_save({"state_dict": _ckpt.dtype_state_dict(torch.float32), "tags": frozenset({1})},
+                     p, legacy=legacy, protocol=protocol)
+    with pytest.raises(WeightsError, match="frozenset value is not supported"):
+        read_state_dict(p)
+    if protocol == 2:
+        with pytest.raises(Exception, match="frozenset"):
+            torch_load(p)
+
+
+def test_ac_load_of_a_training_checkpoint_with_metadata(alexnet_files, tmp_path):
+    import alexnet_c as ac
+
+    variant, num_classes, sd, _ = alexnet_files
+    p = tmp_path / "train.pth"
+    torch.save({"state_dict": sd, "epoch": 90, "meta": [make() for make in METADATA.values()]}, p)
+    model = ac.load(p)
+    got = model.state_dict()
+    want = _ckpt.expected_arrays(sd)
+    _ckpt.assert_same_arrays({k: np.asarray(got[k]) for k in want}, want)
+    p.unlink()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_torchscript_archive_is_named(tmp_path):
+    p = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(3, 2)), str(p))
+    names = [n for n, _ in _ckpt.zip_members(p)]
+    assert any("/code/" in n for n in names) and any(n.endswith("/constants.pkl") for n in names)
+    with pytest.raises(WeightsError,
+                       match=r"TorchScript archive .*not supported.*torch\.jit\.load.*state_dict\(\)"):
+        read_state_dict(p)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+@pytest.mark.parametrize("dtype", ["float8_e4m3fn", "float8_e5m2"])
+def test_float8_dtype_is_named_unsupported(dtype, legacy, tmp_path):
+    p = tmp_path / "f8.pth"
+    _ckpt.torch_save({"w": torch.zeros(3, dtype=getattr(torch, dtype))}, p, legacy=legacy)
+    with pytest.raises(WeightsError,
+                       match=rf"tensor dtype torch\.{dtype} is not supported: expected one of .*float32"):
+        read_state_dict(p)
+
+
 def test_rebuild_v3_dtypes_and_parameter_with_state(tmp_path):
     """Newer dtypes travel as UntypedStorage + _rebuild_tensor_v3; a Parameter
     with Python attributes as _rebuild_parameter_with_state."""
@@ -275,6 +375,13 @@ def test_empty_state_dict(tmp_path):
         p = tmp_path / f"e{legacy}.pth"
         _ckpt.torch_save({}, p, legacy=legacy)
         assert read_state_dict(p) == {}
+    for suffix in (".pth", ".safetensors", ".npz"):
+        p = tmp_path / f"ours{suffix}"
+        write_state_dict({}, p)
+        assert read_state_dict(p) == {}, suffix
+    p = tmp_path / "numpy.npz"
+    np.savez(p)
+    assert read_state_dict(p) == {}
 
 
 def test_model_state_dict_metadata_is_ignored(tmp_path):
@@ -349,6 +456,30 @@ def test_written_pth_layout(tmp_path):
         if "/data/" in i.filename:
             n, e = np.frombuffer(raw[i.header_offset + 26:i.header_offset + 30], "<u2")
             assert (i.header_offset + 30 + n + e) % 64 == 0
+
+
+def test_written_pth_alignment_where_zipfile_adds_zip64(tmp_path, monkeypatch):
+    """zipfile gives a member a 20-byte zip64 extra field once its size * 1.05 passes
+    ZIP64_LIMIT; with the limit lowered, small members fall in that window."""
+    import zipfile
+
+    limit = 4000
+    monkeypatch.setattr(zipfile, "ZIP64_LIMIT", limit)
+    sizes = [int(limit / 1.05) // 4 + 1, limit // 4, limit // 4 + 1, 8]   # float32 elements
+    assert all(n * 4 * 1.05 > limit for n in sizes[:3])
+    arrays = {f"t{i}": np.arange(n, dtype=np.float32) for i, n in enumerate(sizes)}
+    p = tmp_path / "z.pth"
+    write_state_dict(arrays, p)
+    monkeypatch.undo()
+    raw = p.read_bytes()
+    with zipfile.ZipFile(p) as zf:
+        infos = [i for i in zf.infolist() if "/data/" in i.filename]
+    assert len(infos) == len(sizes)
+    for i in infos:
+        n, e = np.frombuffer(raw[i.header_offset + 26:i.header_offset + 30], "<u2")
+        assert (i.header_offset + 30 + n + e) % 64 == 0, (i.filename, i.file_size)
+    _ckpt.assert_same_arrays(read_state_dict(p), arrays)
+    _ckpt.assert_same_arrays(_ckpt.expected_arrays(torch_load(p)), arrays)
 
 
 def test_write_rejects_bad_input(tmp_path):
