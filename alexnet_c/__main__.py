@@ -247,9 +247,10 @@ def cmd_bench(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from .weights import read_state_dict, write_state_dict
+    from .weights import output_format, read_state_dict, write_state_dict
     if not os.path.exists(args.src):
         raise UsageError(f"input file not found: {args.src}")
+    output_format(args.dst)   # before a large input is read
     write_state_dict(read_state_dict(args.src), args.dst)
     print(f"wrote {args.dst}", file=sys.stderr)
     return 0

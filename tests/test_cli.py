@@ -75,9 +75,12 @@ def _layout(variant, num_classes=1000):
     (["predict", "x.jpg", "--topk", "0"], "positive integer"),
     (["predict", "x.jpg", "--precision", "fp16"], "invalid choice"),
     (["convert", "missing.pth", "out.npz"], "not found"),
+    # the output's suffix is checked before the input is read (a garbage input here)
+    (["convert", "garbage.pth", "out.txt"], "cannot tell the format from 'out.txt'"),
     (["nonsense"], "invalid choice"),
 ])
 def test_bad_arguments_give_one_line_and_status_2(tmp_path, args, needle):
+    (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
     res = run_python(CLI + args, cwd=str(tmp_path))
     assert res.returncode == 2
     assert needle in res.stderr
