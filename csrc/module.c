@@ -1026,6 +1026,9 @@ static PyTypeObject NetType = {
 static PyObject *py_set_num_threads(PyObject *self, PyObject *arg)
 {
     (void)self;
+    /* True would be one thread, as an int; refused, as torch refuses it. */
+    if (PyBool_Check(arg) || !PyIndex_Check(arg))
+        return PyErr_Format(PyExc_TypeError, "set_num_threads: expected an int, got %.100s", Py_TYPE(arg)->tp_name);
     int overflow = 0;
     const long n = PyLong_AsLongAndOverflow(arg, &overflow);
     if (n == -1 && PyErr_Occurred())

@@ -311,6 +311,11 @@ def test_num_threads_roundtrip():
         assert ac.get_num_threads() == 1
         with pytest.raises(ValueError):
             ac.set_num_threads(0)
+        for bad, name in [(True, "bool"), (2.0, "float"), ("2", "str"), (None, "NoneType")]:
+            with pytest.raises(TypeError) as info:
+                ac.set_num_threads(bad)
+            assert str(info.value) == f"set_num_threads: expected an int, got {name}"
+        assert ac.get_num_threads() == 1
     finally:
         ac.set_num_threads(old)
 
