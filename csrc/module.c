@@ -264,6 +264,12 @@ static PyObject *py_conv2d(PyObject *self, PyObject *args)
         shape_error(msg, "weight", w);
         goto fail;
     }
+    /* The GEMM's K, one output channel's taps, counts in int. */
+    if ((long long)Cg * KH * KW > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "conv2d: expected at most 2**31-1 weights per output channel "
+                     "(C/groups*KH*KW), got %d*%d*%d", Cg, KH, KW);
+        goto fail;
+    }
     if ((long long)Cg * groups != C) {
         PyObject *ws = shape_tuple(w), *xs = shape_tuple(x);
         if (ws && xs)
@@ -745,12 +751,21 @@ static int Net_init(NetObject *self, PyObject *args, PyObject *kwds)
         ptrs[i] = (const float *)PyArray_DATA((PyArrayObject *)o);
     }
     int st;
-    self->cpu = net_create_cpu(variant, num_classes, ptrs, &st);
-    if (self->cpu == NULL) {
+    acn_net *net = net_create_cpu(variant, num_classes, ptrs, &st);
+    if (net == NULL) {
         Py_DECREF(tuple);
         raise_status(st, "Net");
         return -1;
     }
+    /* PySequence_Tuple can run Python code (a generator of weights) that initialised
+     * this Net meanwhile: the first one stays, this one is dropped. */
+    if (self->cpu) {
+        net_destroy_cpu(net);
+        Py_DECREF(tuple);
+        PyErr_SetString(PyExc_RuntimeError, "Net is already initialised");
+        return -1;
+    }
+    self->cpu = net;
     self->variant = variant;
     self->num_classes = num_classes;
     self->device = DEV_CPU;
@@ -873,7 +888,7 @@ static PyObject *Net_profile(NetObject *self, PyObject *x_obj)
                         ".to('cpu') first (for CUDA set ALEXNET_C_CUDA_PROFILE=1)");
         return NULL;
     }
-    double seconds[ACN_NUM_STAGES];
+    double seconds[ACN_NUM_STAGES] = {0};   /* an empty batch runs no stage and sets none */
     PyObject *out = net_forward_impl(self, x_obj, seconds);
     if (out == NULL)
         return NULL;

@@ -304,6 +304,37 @@ def test_module_habits_of_pytorch():
     assert m.to("cpu:0") is m and m.device == "cpu"
 
 
+def test_conv2d_weights_per_output_channel_fit_an_int(tmp_path):
+    """C/groups*KH*KW is the GEMM's K, an int: past 2**31-1 a ValueError, not a wrong
+    result. The arrays are sparse files (8.6 GB of address space each, nothing read)."""
+    cg = 2**31 // 9 + 1
+    arrays = []
+    for name, shape in [("x", (1, cg, 3, 3)), ("w", (1, cg, 3, 3))]:
+        path = tmp_path / f"{name}.f32"
+        with open(path, "wb") as f:
+            f.truncate(int(np.prod(shape)) * 4)
+        arrays.append(np.memmap(path, dtype=np.float32, mode="r", shape=shape))
+    with pytest.raises(ValueError) as info:
+        ac.conv2d(*arrays)
+    assert str(info.value) == ("conv2d: expected at most 2**31-1 weights per output channel "
+                               f"(C/groups*KH*KW), got {cg}*3*3")
+
+
+def test_net_init_cannot_be_entered_twice():
+    """A generator of weights that initialises the same Net: the first init stays."""
+    weights = list(ac.AlexNet(num_classes=10, seed=0)._net.weights)
+    net = ac._C.Net.__new__(ac._C.Net)
+
+    def inner_then_weights():
+        net.__init__(0, 10, weights)
+        yield from weights
+    with pytest.raises(RuntimeError, match="already initialised"):
+        net.__init__(0, 10, inner_then_weights())
+    x = np.zeros((1, 3, 64, 64), np.float32)
+    np.testing.assert_array_equal(net.forward(x), ac.AlexNet.from_state_dict(
+        dict(zip(ac.AlexNet(num_classes=10, seed=0).state_dict(), weights)))(x))
+
+
 def test_num_threads_roundtrip():
     old = ac.get_num_threads()
     try:
@@ -382,6 +413,10 @@ def test_profile_times_every_stage_of_the_real_forward(variant, size, stages):
         m.profile(x, repeat=0)
     with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
         m.profile(np.zeros((2, 4, 224, 224), np.float32))
+    # an empty batch runs no stage: every time it reports is 0 (it once read stack garbage)
+    out, times = m._net.profile(np.zeros((0, 3) + size, np.float32))
+    assert out.shape == (0, 11) and times and all(s == 0.0 for _, s in times)
+    assert [name for name, _ in times] == [n for n in stages if n not in ("avgpool", "log_softmax")]
 
 
 def test_precision_is_checked_on_every_build():

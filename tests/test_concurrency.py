@@ -212,6 +212,28 @@ def test_fork_in_process(model):
     assert np.abs(out - parent).max() <= 1e-4 * np.abs(parent).max()
 
 
+_FORKED_PROBES_SCRIPT = textwrap.dedent("""
+    import os, signal, numpy as np, alexnet_c as ac
+    ac.set_num_threads(2)
+    ac.conv2d(np.ones((1, 8, 32, 32), np.float32), np.ones((8, 8, 3, 3), np.float32))  # OpenMP pool started
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(20)   # a hang is a failure, not a stuck suite
+        ok = ac._C.measure_fma_peak(2, 0.02) > 0 and ac._C.measure_read_bw(np.ones(1 << 16, np.float32), 2, 2) > 0
+        os._exit(0 if ok else 3)
+    _, status = os.waitpid(pid, 0)
+    print("child", os.waitstatus_to_exitcode(status))
+""")
+
+
+def test_machine_probes_in_a_forked_child():
+    """measure_fma_peak / measure_read_bw take their thread count from the caller; in a
+    forked child (no OpenMP pool) they ran into a hang."""
+    r = run_neutral([sys.executable, "-c", _FORKED_PROBES_SCRIPT], capture_output=True, text=True, timeout=120,
+                    env=_env())
+    assert r.returncode == 0 and r.stdout.strip() == "child 0", r.stdout + r.stderr
+
+
 _THREADS_SCRIPT = "import alexnet_c as ac; print(ac.get_num_threads())"
 
 

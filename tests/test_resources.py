@@ -194,6 +194,16 @@ def test_big_op_call_does_not_keep_its_memory():
     gc.collect()
     grown = _rss() - rss0
     assert grown < 64 * 2**20, f"{grown / 2**20:.0f} MB still resident after the call"
+    # linear on a large batch packs its input (320 MB here) for the GEMM: freed on return too
+    x, w = np.ones((20000, 4096), np.float32), np.ones((16, 4096), np.float32)
+    gc.collect()
+    rss0 = _rss()
+    out = ac.linear(x, w)
+    assert out.shape == (20000, 16) and out[0, 0] == out[-1, -1] == 4096
+    del out
+    gc.collect()
+    grown = _rss() - rss0
+    assert grown < 64 * 2**20, f"linear: {grown / 2**20:.0f} MB still resident after the call"
 
 
 # ---- batches that cannot fit -----------------------------------------------------

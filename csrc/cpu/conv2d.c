@@ -116,26 +116,29 @@ static void pack_b_im2col(float *dst, const void *vctx, int p0, int kc, int j0, 
 
 static int needs_padded_copy(int SW, int PH, int PW) { return SW > 1 || PH > 0 || PW > 0; }
 
+/* Columns of one stride phase of a padded row. In 64 bits: the caller bounds only
+ * W + 2*PW by INT_MAX, and the rounding up adds SW - 1; the quotient fits an int. */
+static int phase_cols(int W, int SW, int PW) { return (int)(((long long)W + 2LL * PW + SW - 1) / SW); }
+
 /* Floats of the padded copy of the input (0 when the image is read directly). */
 size_t acn_conv_phase_floats(int N, int C, int H, int W, int SW, int PH, int PW)
 {
     if (!needs_padded_copy(SW, PH, PW))
         return 0;
-    const size_t Wq = (size_t)(W + 2 * PW + SW - 1) / SW;
-    return (size_t)N * C * (size_t)(H + 2 * PH) * (size_t)SW * Wq;
+    return (size_t)N * C * (size_t)(H + 2 * PH) * (size_t)SW * (size_t)phase_cols(W, SW, PW);
 }
 
-static void to_padded_layout(float *dst, const float *inp, int planes, int H, int W, int SW, int PH, int PW,
+static void to_padded_layout(float *dst, const float *inp, ptrdiff_t planes, int H, int W, int SW, int PH, int PW,
                              int nt)
 {
-    const int Hp = H + 2 * PH, Wq = (W + 2 * PW + SW - 1) / SW;
+    const int Hp = H + 2 * PH, Wq = phase_cols(W, SW, PW);
     const size_t row = (size_t)SW * Wq;
 #if ACN_X86
     const int avx512 = acn_active_isa() == ACN_ISA_AVX512;
 #endif
     /* Split over (plane, row): batch 1's conv1 input has only 3 planes. */
 #pragma omp parallel for collapse(2) schedule(static) num_threads(nt) if (nt > 1 && (size_t)planes * Hp * row > 32768)
-    for (int pl = 0; pl < planes; pl++) {
+    for (ptrdiff_t pl = 0; pl < planes; pl++) {
         for (int h = 0; h < Hp; h++) {
             float *d = dst + ((size_t)pl * Hp + h) * row;
             const int ih = h - PH;
@@ -203,14 +206,14 @@ int acn_conv2d_packed(float *out, const float *inp, const float *packed, const a
     if ((long long)N * P > 0x7fffffff)
         return ACN_EINVAL;
     const int nt = acn_get_num_threads();
-    const int Hp = H + 2 * PH, Wq = (W + 2 * PW + SW - 1) / SW;
+    const int Hp = H + 2 * PH, Wq = phase_cols(W, SW, PW);
     const float *img = inp;
     if (needs_padded_copy(SW, PH, PW)) {
         if (work == NULL)
             work = acn_thread_buffer(ACN_TLS_WORK, acn_conv_phase_floats(N, C, H, W, SW, PH, PW));
         if (work == NULL)
             return ACN_ENOMEM;
-        to_padded_layout(work, inp, N * C, H, W, SW, PH, PW, nt);
+        to_padded_layout(work, inp, (ptrdiff_t)N * C, H, W, SW, PH, PW, nt);
         img = work;
     }
     const ptrdiff_t row_stride = (ptrdiff_t)SW * Wq, ch_stride = (ptrdiff_t)Hp * row_stride;

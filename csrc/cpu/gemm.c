@@ -250,6 +250,8 @@ int acn_gemm_parallel(const acn_gemm_plan *g, int nt)
     return status;
 }
 
+#define SGEMM_RESIDENT_PACK_A_FLOATS ((size_t)4 << 20)   /* 16 MB */
+
 int sgemm_cpu(float *C, ptrdiff_t ldc,
               const float *A, ptrdiff_t rsa, ptrdiff_t csa,
               const float *B, ptrdiff_t rsb, ptrdiff_t csb,
@@ -258,14 +260,21 @@ int sgemm_cpu(float *C, ptrdiff_t ldc,
     if (M <= 0 || N <= 0)
         return ACN_OK;
     const acn_ukernel *uk = acn_active_ukernel();
-    float *pa = acn_thread_buffer(ACN_TLS_PACK_A, acn_packed_a_floats(M, K > 0 ? K : 1, uk->MR));
+    const size_t pa_floats = acn_packed_a_floats(M, K > 0 ? K : 1, uk->MR);
+    /* A packed A past this size (ac.linear on a large batch, beyond the network's FC
+     * inputs up to batch ~400) lives only for this call: in the thread's buffer the
+     * copy would stay resident for the thread's life. */
+    float *own = pa_floats > SGEMM_RESIDENT_PACK_A_FLOATS ? acn_alloc_large(pa_floats * sizeof(float)) : NULL;
+    float *pa = pa_floats > SGEMM_RESIDENT_PACK_A_FLOATS ? own : acn_thread_buffer(ACN_TLS_PACK_A, pa_floats);
     if (pa == NULL)
         return ACN_ENOMEM;
     if (K > 0)
         acn_pack_a(pa, A, rsa, csa, M, K, uk->MR);
     acn_strided_b b = {B, rsb, csb, uk->isa};
     acn_gemm_plan g = {uk, pa, M, N, K, acn_pack_b_strided, &b, C, ldc, N, 0, bias, bias_mode, relu};
-    return acn_gemm_parallel(&g, acn_get_num_threads());
+    const int st = acn_gemm_parallel(&g, acn_get_num_threads());
+    free(own);
+    return st;
 }
 
 int sgemm_naive(float *C, ptrdiff_t ldc,

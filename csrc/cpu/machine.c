@@ -94,11 +94,19 @@ static double fma_loop(acn_isa isa, long iters)
     return fma_loop_generic(iters);
 }
 
+/* The probes take their thread count from the caller, but a forked child has no
+ * OpenMP pool left to run more than one (threads.c): there they run on one. */
+static int probe_threads(int nt)
+{
+    if (acn_in_forked_child()) return 1;
+    return nt < 1 ? acn_get_num_threads() : nt;
+}
+
 /* fp32 GFLOP/s of nt threads running FMAs for about `seconds`: the best of 5
  * repetitions, each timed as the slowest thread's. */
 double acn_measure_fma_peak(int nt, double seconds)
 {
-    if (nt < 1) nt = acn_get_num_threads();
+    nt = probe_threads(nt);
     const acn_isa isa = acn_active_isa();
     long iters = 1000;
     for (;;) {   /* calibrate on one thread */
@@ -125,7 +133,7 @@ double acn_measure_fma_peak(int nt, double seconds)
 /* GB/s of nt threads summing buf[0..n) (each its own contiguous share), best of reps. */
 double acn_measure_read_bw(const float *buf, size_t n, int reps, int nt)
 {
-    if (nt < 1) nt = acn_get_num_threads();
+    nt = probe_threads(nt);
     double best = 0.0;
     volatile float sink = 0.0f;
     for (int rep = 0; rep < reps; rep++) {
