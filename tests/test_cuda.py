@@ -333,6 +333,24 @@ def test_load_to_cuda(rng, tmp_path):
     assert_close(ours(x), reference(model.double().to(REF_DEVICE), x), "load(device='cuda')")
 
 
+def test_load_state_dict_on_a_cuda_model(rng):
+    """In place on the GPU: the device and precision stay, the new weights are used."""
+    model = make_model("torchvision", 10, seed=4)
+    ours = ac.AlexNet(num_classes=10, seed=0, device="cuda")
+    x = randn(rng, 1, 3, 96, 96)
+    before = ours(x)
+    ours.load_state_dict(model.state_dict())
+    assert ours.device == "cuda" and ours.precision == "float32"
+    assert_close(ours(x), reference(model.double().to(REF_DEVICE), x), "load_state_dict on cuda")
+    assert not np.array_equal(ours(x), before)
+
+
+@pytest.mark.parametrize("bias_shape", [(1, 4), (3, 4), ()])
+def test_linear_broadcast_bias(rng, bias_shape):
+    x, w, b = randn(rng, 3, 20), randn(rng, 4, 20, scale=0.2), randn(rng, *bias_shape)
+    assert_close(ac.linear(x, w, b, device="cuda"), F.linear(t64(x), t64(w)) + t64(b), f"bias {bias_shape}")
+
+
 def test_cuda_and_cpu_models_agree(rng, nets):
     _, sd, ours = nets("torchvision")
     cpu = ac.AlexNet.from_state_dict(sd)
