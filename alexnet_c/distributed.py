@@ -39,6 +39,7 @@ import collections
 import glob as _glob
 import os
 import threading
+import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -61,7 +62,11 @@ _models_lock = threading.Lock()
 # Graphs computed without a cluster (dask's threaded scheduler) run in the process that
 # called predict(): they find their weights here.
 _local_specs: "collections.OrderedDict[str, Spec]" = collections.OrderedDict()
-_auto_threads: Optional[int] = None
+# (monotonic time, threads): this worker's share of its host, as last counted.
+_share: Tuple[float, Optional[int]] = (0.0, None)
+# Seconds a count stands: workers join and leave (a restart brings them back one by
+# one), so a share counted once would oversubscribe or idle the host for good.
+SHARE_TTL_S = 5.0
 load_counts: "collections.Counter[str]" = collections.Counter()   # weights key -> loads in this process
 
 
@@ -114,26 +119,46 @@ def _spec_from_plugin(key: str, plugin_name: str) -> Callable[[], Spec]:
     return get
 
 
-def _share_of_host(worker: Any, identity: Optional[Mapping[str, Any]]) -> int:
-    """Cores of this machine divided among the task slots of every worker on it."""
+def _share_of_host(worker: Any, ncores: Optional[Mapping[str, int]]) -> int:
+    """Cores of this machine divided among the task slots of every worker on it.
+    ncores: the scheduler's {worker address: threads}, or None when it did not answer."""
     from distributed.comm import get_address_host
     host = get_address_host(worker.address)
-    slots = 0
-    for info in ((identity or {}).get("workers") or {}).values():
-        if info.get("host") == host:
-            slots += int(info.get("nthreads") or 1)
+    slots = sum(int(n or 1) for addr, n in (ncores or {}).items() if get_address_host(addr) == host)
     slots = max(slots, int(worker.state.nthreads))
     return max(1, _cores() // slots)
 
 
+async def _count_share(worker: Any) -> int:
+    try:
+        ncores = await worker.scheduler.ncores()
+    except Exception:  # noqa: BLE001 - an old or busy scheduler: count this worker only
+        ncores = None
+    return _share_of_host(worker, ncores)
+
+
+def _worker_share(worker: Any) -> int:
+    """This worker's share of its host, counted again once SHARE_TTL_S has passed (one
+    small scheduler call per worker at most that often)."""
+    global _share
+    counted_at, n = _share
+    now = time.monotonic()
+    if n is None or now - counted_at > SHARE_TTL_S:
+        from distributed.utils import sync
+        n = sync(worker.loop, _count_share, worker)
+        _share = (now, n)
+    return n
+
+
 def _apply_threads(threads: Optional[int]) -> None:
     import alexnet_c
-    n = threads or _auto_threads
-    if n is None:                        # no plugin setup in this process: assume one worker per host
+    n = threads
+    if n is None:
         try:
-            n = max(1, _cores() // int(distributed.get_worker().state.nthreads))
+            worker = distributed.get_worker()
         except ValueError:
             return                       # not on a worker: leave the process's setting alone
+        n = _worker_share(worker)
     if alexnet_c.get_num_threads() != n:
         alexnet_c.set_num_threads(n)
 
@@ -153,12 +178,8 @@ class AlexNetPlugin(WorkerPlugin):
         self.name = "alexnet_c-" + key
 
     async def setup(self, worker: Any) -> None:
-        global _auto_threads
-        try:
-            identity = await worker.scheduler.identity(n_workers=-1)
-        except Exception:  # noqa: BLE001 - an old or busy scheduler: count this worker only
-            identity = None
-        _auto_threads = _share_of_host(worker, identity)
+        global _share
+        _share = (time.monotonic(), await _count_share(worker))
         spec = self.spec
         # Reading 250 MB (or downloading them) must not block the worker's event loop.
         await asyncio.get_running_loop().run_in_executor(None, _cached_model, self.key, lambda: spec)
@@ -334,7 +355,8 @@ def _expand_url(url: str, storage_options: Optional[Mapping[str, Any]]) -> List[
 
 def _expand(source: Any, storage_options: Optional[Mapping[str, Any]]) -> List[str]:
     """Image paths, in order: a folder (recursive), a glob, a file, a URL (fsspec), or a list
-    of any of these. A listed file is kept even if unreadable: its row carries the error."""
+    of any of these. A listed file is kept even if unreadable, and a listed glob that
+    matches nothing stands for itself: its row carries the error."""
     if isinstance(source, (str, os.PathLike)):
         sources, single = [source], True
     elif isinstance(source, (bytes, bytearray)) or not isinstance(source, Iterable):
@@ -351,8 +373,12 @@ def _expand(source: Any, storage_options: Optional[Mapping[str, Any]]) -> List[s
             raise TypeError(f"expected str paths, got {type(s).__name__}")
         if _is_url(s):
             paths += _expand_url(s, storage_options)
-        elif single or os.path.isdir(s) or (_glob.has_magic(s) and not os.path.exists(s)):
+        elif single or os.path.isdir(s):
             paths += list(_images._expand(s))
+        elif _glob.has_magic(s) and not os.path.exists(s):
+            # A listed name that matches nothing keeps its row (with the error), whether it
+            # was meant as a glob or is a missing file named like one ("photo[1].jpg").
+            paths += list(_images._expand(s)) or [s]
         else:
             paths.append(s)
     if not paths:

@@ -156,14 +156,45 @@ def test_matches_single_process(acd, client, data, reference):
     assert set(threads.values()) == {max(1, _cores() // 2)}
 
 
+@pytest.mark.skipif(_cores() < 2, reason="a share of one core cannot shrink: needs 2 cores to tell")
+def test_thread_share_follows_workers_joining(acd, data):
+    """A worker's share of the cores is counted again as workers join (a restart brings
+    them back one by one): counted once, the first worker kept every core."""
+    from distributed import Client, LocalCluster
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address=None)
+    client = Client(cluster)
+    try:
+        acd.predict(data.good[:4], weights=data.weights, client=client, batch_size=2).compute()
+        assert list(client.run(ac.get_num_threads).values()) == [_cores()]
+        cluster.scale(2)
+        client.wait_for_workers(2)
+        # the next task recounts at once, instead of after SHARE_TTL_S
+        client.run(lambda: setattr(__import__("alexnet_c.distributed").distributed, "SHARE_TTL_S", 0.0))
+        acd.predict(data.good[:8], weights=data.weights, client=client, batch_size=1).compute()
+
+        def task_threads():   # what a scoring task sets, in a task on that worker
+            acd._apply_threads(None)
+            return ac.get_num_threads()
+        shares = [client.submit(task_threads, workers=[w], allow_other_workers=False, pure=False).result()
+                  for w in client.scheduler_info()["workers"]]
+        assert shares == [_cores() // 2] * 2
+    finally:
+        client.close()
+        cluster.close()
+
+
 def test_corrupt_and_missing_images_become_rows(acd, client, data, reference):
     missing = os.path.join(data.root, "no_such_file.jpg")
-    paths = [data.good[0], data.bad[0], missing, data.good[1], data.bad[1], data.good[2]]
+    # named like a glob, matching nothing: its row stays (it was dropped, shifting the rest)
+    bracketed = os.path.join(data.root, "photo[1].jpg")
+    paths = [data.good[0], data.bad[0], missing, data.good[1], bracketed, data.bad[1], data.good[2]]
     # client=None: the current (default) client is used.
     result = acd.predict(paths, weights=data.weights, batch_size=2, topk=3).compute()
     assert list(result.path) == paths
     errors = dict(zip(result.path, result.error))
     assert errors[missing].startswith("FileNotFoundError: ")
+    assert errors[bracketed].startswith("FileNotFoundError: ")
     assert errors[data.bad[0]].startswith("UnidentifiedImageError: ")
     assert errors[data.bad[1]]              # truncated: Pillow's OSError (or SyntaxError)
     _check_against(result[result.error.isna()], reference, topk=3)
