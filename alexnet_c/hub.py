@@ -10,7 +10,7 @@ import hashlib
 import os
 import re
 import sys
-import tempfile
+import secrets
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -99,8 +99,10 @@ def _download(url: str, dst: str, expected_prefix: str, progress: bool) -> None:
 
     The rename is atomic, so a concurrent or interrupted download never leaves a
     truncated file under the final name."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dst),
-                               prefix=os.path.basename(dst) + ".", suffix=".partial")
+    # Not mkstemp: its 0600 would stay on the checkpoint, which torch.hub (whose cache
+    # this is) leaves readable as the umask allows, for other users of the cache.
+    tmp = f"{dst}.{secrets.token_hex(8)}.partial"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         sha = hashlib.sha256()
         with os.fdopen(fd, "wb") as out:
@@ -111,6 +113,7 @@ def _download(url: str, dst: str, expected_prefix: str, progress: bool) -> None:
                     bar = progress_bar(int(total) if total and total.isdigit() else None,
                                        desc=os.path.basename(dst), unit="B",
                                        enabled=progress)
+                    received = 0
                     try:
                         while True:
                             chunk = resp.read(_CHUNK)
@@ -118,9 +121,14 @@ def _download(url: str, dst: str, expected_prefix: str, progress: bool) -> None:
                                 break
                             out.write(chunk)
                             sha.update(chunk)
+                            received += len(chunk)
                             bar(len(chunk))
                     finally:
                         bar.close()
+                    # urllib ends a body cut short as if it were whole: say so, rather
+                    # than let the hash check call it a wrong file.
+                    if total and total.isdigit() and received != int(total):
+                        raise OSError(f"the connection closed after {received} of {total} bytes")
             except (urllib.error.URLError, OSError, ValueError) as e:
                 # ValueError: urllib's "unknown url type" for a malformed URL.
                 raise RuntimeError(f"could not download AlexNet weights from {url}: {e}") from e

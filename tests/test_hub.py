@@ -19,8 +19,9 @@ PREFIX = hashlib.sha256(CONTENT).hexdigest()[:8]
 class Server:
     def __init__(self):
         self.files = {"/w.pth": CONTENT}
+        self.cut_short = set()     # paths whose body stops halfway through its Content-Length
         self.requests = []
-        files, requests = self.files, self.requests
+        files, requests, cut_short = self.files, self.requests, self.cut_short
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
@@ -32,7 +33,8 @@ class Server:
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                self.wfile.write(body[:len(body) // 2] if self.path in cut_short else body)
+                self.close_connection = True
 
             def log_message(self, *args):
                 pass
@@ -100,6 +102,25 @@ def test_bad_hash_deletes_partial(server, monkeypatch, tmp_path):
     assert "deadbeef" in msg and PREFIX in msg and "/w.pth" in msg
     assert isinstance(info.value, ValueError)
     assert os.listdir(d) == []
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_downloaded_file_mode_follows_the_umask(server, entry, tmp_path, umask, mode):
+    """As torch.hub leaves it (a shared cache): not tempfile's 0600."""
+    old = os.umask(umask)
+    try:
+        path = hub.load_pretrained(url=server.url + "/w.pth", model_dir=tmp_path, progress=False)
+    finally:
+        os.umask(old)
+    assert os.stat(path).st_mode & 0o777 == mode
+
+
+def test_download_cut_short_is_named_as_such(server, entry, tmp_path):
+    server.cut_short.add("/w.pth")
+    with pytest.raises(RuntimeError) as info:
+        hub.load_pretrained(url=server.url + "/w.pth", model_dir=tmp_path, progress=False)
+    assert f"the connection closed after {len(CONTENT) // 2} of {len(CONTENT)} bytes" in str(info.value)
+    assert os.listdir(tmp_path) == []
 
 
 def test_http_error_names_url(server, entry, tmp_path):
