@@ -189,7 +189,13 @@ static const float *wino_weights(acn_net *net, int l, int C)
     const float *u = atomic_load(&net->wino[l]);
     if (u != NULL || atomic_load(&net->wino_unusable[l]))
         return u;
-    pthread_mutex_lock(&net->wino_lock);
+    /* A fork while another thread packed leaves the child's copy of the lock held by a
+     * thread that does not exist there: the child then takes the direct path. */
+    if (acn_in_forked_child()) {
+        if (pthread_mutex_trylock(&net->wino_lock) != 0)
+            return NULL;
+    } else
+        pthread_mutex_lock(&net->wino_lock);
     u = atomic_load(&net->wino[l]);
     if (u == NULL && !atomic_load(&net->wino_unusable[l])) {
         const acn_conv_spec *c = &net->spec->conv[l];
