@@ -28,7 +28,7 @@ def device_code(device: str) -> int:
 
 _PRECISIONS = {"float32": False, "tf32": True}
 
-# max|ours - torch float64| / max|torch float64| that each precision promises (DESIGN.md's
+# max|ours - torch float64| / max|torch float64| that each precision promises (the
 # parity rule for float32; README's TF32 section for the tensor-core path).
 PARITY_TOLERANCE = {"float32": 1e-4, "tf32": 5e-3}
 

@@ -13,7 +13,7 @@ def _original_class():
     import torch.nn.functional as F
 
     class AlexNet(nn.Module):
-        """DESIGN.md's "original" single-tower 2012 layout, as a PyTorch user writes it."""
+        """The "original" single-tower 2012 layout, as a PyTorch user writes it."""
 
         def __init__(self, num_classes: int = 1000) -> None:
             super().__init__()

@@ -20,7 +20,7 @@ _DOUBLE_RULE = "=" * 64
 _MB = 1024.0 ** 2
 _BYTES_PER_VALUE = 4.0            # torchsummary assumes float32 everywhere
 
-# torchvision builds ReLU(inplace=True); the DESIGN.md "original" class uses ReLU().
+# torchvision builds ReLU(inplace=True); the "original" reference class uses ReLU().
 _RELU_INPLACE = {"torchvision": True, "original": False}
 
 # The features-block pooling and the avg-pool are fixed by the AlexNet layouts.
