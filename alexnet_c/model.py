@@ -13,7 +13,7 @@ import numpy as np
 
 from . import _C, arch
 from ._errors import WeightsError
-from .ops import device_code, tf32_flag
+from .ops import _flag, device_code, tf32_flag
 
 _VARIANT_CODES = {"torchvision": 0, "original": 1}
 _DEVICE_NAMES = {0: "cpu", 1: "cuda"}
@@ -41,10 +41,16 @@ def _to_numpy(value, name: str) -> np.ndarray:
     return arr
 
 
-def _require_str_keys(state_dict: Mapping[str, object]) -> None:
+def _named_values(state_dict: Mapping[str, object]) -> Dict[str, object]:
+    """The mapping's values by parameter name, without the 'module.' that every key of an
+    nn.DataParallel save carries; WeightsError for anything but a mapping with str keys."""
+    if not isinstance(state_dict, Mapping):
+        raise WeightsError(f"expected a mapping of name -> array, got {type(state_dict).__name__}")
     bad = [k for k in state_dict if not isinstance(k, str)]
     if bad:
         raise WeightsError(f"expected str keys (parameter names), got {type(bad[0]).__name__} key {bad[0]!r}")
+    prefix = "module." if state_dict and all(k.startswith("module.") for k in state_dict) else ""
+    return {k[len(prefix):]: v for k, v in state_dict.items()}
 
 
 def infer_layout(names: Iterable[str]) -> str:
@@ -60,20 +66,17 @@ def infer_layout(names: Iterable[str]) -> str:
         + (" ..." if len(names) > 12 else ""))
 
 
-def _mismatches(arrays: Mapping[str, np.ndarray], shapes: Mapping[str, tuple]
+def _mismatches(arrays: Mapping[str, np.ndarray], shapes: Mapping[str, tuple], strict: bool = True
                 ) -> Tuple[List[str], List[str], List[str]]:
-    """(missing keys, unexpected keys, shape problems) of arrays against the expected shapes."""
+    """(missing keys, unexpected keys, problems) of arrays against the expected shapes:
+    every shape that does not fit, and with strict the missing and unexpected keys first."""
     missing = [n for n in shapes if n not in arrays]
     unexpected = sorted(set(arrays) - set(shapes))
-    problems = [f"{name}: expected shape {shape}, got {tuple(arrays[name].shape)}"
-                for name, shape in shapes.items() if name in arrays and tuple(arrays[name].shape) != shape]
+    problems = [f"missing keys {missing}"] if strict and missing else []
+    problems += [f"unexpected keys {unexpected}"] if strict and unexpected else []
+    problems += [f"{name}: expected shape {shape}, got {tuple(arrays[name].shape)}"
+                 for name, shape in shapes.items() if name in arrays and tuple(arrays[name].shape) != shape]
     return missing, unexpected, problems
-
-
-def _unprefixed(state_dict: Mapping[str, object]) -> Dict[str, object]:
-    """The state dict without the 'module.' that every key of an nn.DataParallel save carries."""
-    prefix = "module." if state_dict and all(k.startswith("module.") for k in state_dict) else ""
-    return {k[len(prefix):]: v for k, v in state_dict.items()}
 
 
 def _as_arrays(state_dict: Mapping[str, object]) -> Dict[str, np.ndarray]:
@@ -88,11 +91,7 @@ def check_state_dict(arrays: Mapping[str, np.ndarray], variant: str) -> int:
         raise WeightsError(f"{variant} AlexNet state dict: expected {last!r} of shape (num_classes, 4096)")
     num_classes = int(arrays[last].shape[0])
     shapes = arch.weight_shapes(variant, num_classes)
-    missing, unexpected, problems = _mismatches(arrays, shapes)
-    if missing:
-        problems.insert(0, f"missing keys {missing}")
-    if unexpected:
-        problems.insert(1 if missing else 0, f"unexpected keys {unexpected}")
+    _, _, problems = _mismatches(arrays, shapes)
     if num_classes < 1:
         problems.append(f"{last}: expected at least one class, got shape {tuple(arrays[last].shape)}")
     if problems:
@@ -159,10 +158,7 @@ class AlexNet:
     @classmethod
     def _from_arrays(cls, state_dict: Mapping[str, object], device: str, copy: bool,
                      precision: str = "float32") -> "AlexNet":
-        if not isinstance(state_dict, Mapping):
-            raise WeightsError(f"expected a mapping of name -> array, got {type(state_dict).__name__}")
-        _require_str_keys(state_dict)
-        state_dict = _unprefixed(state_dict)
+        state_dict = _named_values(state_dict)
         variant = infer_layout(state_dict)
         arrays = _as_arrays(state_dict)
         num_classes = check_state_dict(arrays, variant)
@@ -238,16 +234,10 @@ class AlexNet:
         strict=False loads the keys that fit and keeps the present weights for the rest;
         a shape that does not fit is an error either way. Returns (missing_keys,
         unexpected_keys); WeightsError lists every problem, and leaves the model as it was."""
-        if not isinstance(strict, (bool, np.bool_)):
-            raise TypeError(f"load_state_dict: strict must be a bool, got {type(strict).__name__}")
-        if not isinstance(state_dict, Mapping):
-            raise WeightsError(f"expected a mapping of name -> array, got {type(state_dict).__name__}")
-        _require_str_keys(state_dict)
-        arrays = _as_arrays(_unprefixed(state_dict))
-        missing, unexpected, problems = _mismatches(arrays, arch.weight_shapes(self._variant, self._num_classes))
-        if strict:
-            problems[:0] = ([f"missing keys {missing}"] if missing else []) + \
-                           ([f"unexpected keys {unexpected}"] if unexpected else [])
+        strict = _flag(strict, "strict", "load_state_dict")
+        arrays = _as_arrays(_named_values(state_dict))
+        missing, unexpected, problems = _mismatches(arrays, arch.weight_shapes(self._variant, self._num_classes),
+                                                    strict)
         if problems:
             raise WeightsError(f"{self._variant} AlexNet ({self._num_classes} classes) cannot load this state "
                                "dict: " + "; ".join(problems))
