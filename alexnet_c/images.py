@@ -99,6 +99,11 @@ def _resized_size(h: int, w: int, size: int) -> Tuple[int, int]:
     return (new_long, new_short) if w <= h else (new_short, new_long)
 
 
+def _crop_offset(n: int, size: int) -> int:
+    """Where torchvision's center crop of `size` starts along a side of n >= size: Python's round()."""
+    return int(round((n - size) / 2.0))
+
+
 def _center_crop(a: np.ndarray, size: int) -> np.ndarray:
     """torchvision's center_crop on an (H, W, C) array: zero-pad an image smaller than
     the crop (extra pixel on the bottom/right), offsets by Python's round()."""
@@ -107,8 +112,7 @@ def _center_crop(a: np.ndarray, size: int) -> np.ndarray:
         ph, pw = max(size - h, 0), max(size - w, 0)
         a = np.pad(a, ((ph // 2, (ph + 1) // 2), (pw // 2, (pw + 1) // 2), (0, 0)))
         h, w = a.shape[:2]
-    top = int(round((h - size) / 2.0))
-    left = int(round((w - size) / 2.0))
+    top, left = _crop_offset(h, size), _crop_offset(w, size)
     return a[top:top + size, left:left + size]
 
 
@@ -124,7 +128,7 @@ def _resize_crop_region(pil: Any, nh: int, nw: int, crop: int) -> Any:
     coordinates are not bit for bit the full resize's, so values may differ by one
     step of 255 from it."""
     def span(n: int) -> Tuple[int, int]:
-        return (int(round((n - crop) / 2.0)), crop) if n >= crop else (0, n)
+        return (_crop_offset(n, crop), crop) if n >= crop else (0, n)
 
     (top, rows), (left, cols) = span(nh), span(nw)
     w, h = pil.size
