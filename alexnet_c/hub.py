@@ -109,9 +109,9 @@ def _download(url: str, dst: str, expected_prefix: str, progress: bool) -> None:
             try:
                 req = urllib.request.Request(url, headers={"User-Agent": "alexnet_c"})
                 with urllib.request.urlopen(req, timeout=_TIMEOUT_S) as resp:
-                    total = resp.headers.get("Content-Length")
-                    bar = progress_bar(int(total) if total and total.isdigit() else None,
-                                       desc=os.path.basename(dst), unit="B",
+                    length = resp.headers.get("Content-Length")
+                    total = int(length) if length and length.isdigit() else None
+                    bar = progress_bar(total, desc=os.path.basename(dst), unit="B",
                                        enabled=progress)
                     received = 0
                     try:
@@ -127,7 +127,7 @@ def _download(url: str, dst: str, expected_prefix: str, progress: bool) -> None:
                         bar.close()
                     # urllib ends a body cut short as if it were whole: say so, rather
                     # than let the hash check call it a wrong file.
-                    if total and total.isdigit() and received != int(total):
+                    if total is not None and received != total:
                         raise OSError(f"the connection closed after {received} of {total} bytes")
             except (urllib.error.URLError, OSError, ValueError) as e:
                 # ValueError: urllib's "unknown url type" for a malformed URL.
