@@ -208,19 +208,19 @@ def linear(input, weight, bias=None, *, device: str = "cpu", precision: str = "f
     b = None if bias is None else _C.real_array(bias, op, "bias")
     # The kernels add a (out_features,) bias; any other bias that broadcasts to the
     # output, as torch's addmm takes it, is added afterwards.
-    fused = b is not None and not vector and b.shape == (w.shape[0],)
-    if b is not None and not fused:
+    late = b if b is not None and (vector or b.shape != (w.shape[0],)) else None
+    if late is not None:
         try:
-            fits = np.broadcast_shapes(b.shape, out_shape) == out_shape
+            fits = np.broadcast_shapes(late.shape, out_shape) == out_shape
         except ValueError:
             fits = False
         if not fits:
             raise ValueError(f"linear: expected bias of shape ({w.shape[0]},) or one that broadcasts to the "
-                             f"output shape {out_shape}, got shape {b.shape}")
-    out = _C.linear(x.reshape(math.prod(lead), x.shape[-1]), w, b if fused else None, device_code(device),
-                    _naive, tf32_flag(precision)).reshape(out_shape)
-    if b is not None and not fused:
-        out += b.astype(np.float32, copy=False)
+                             f"output shape {out_shape}, got shape {late.shape}")
+    out = _C.linear(x.reshape(math.prod(lead), x.shape[-1]), w, None if late is not None else b,
+                    device_code(device), _naive, tf32_flag(precision)).reshape(out_shape)
+    if late is not None:
+        out += late.astype(np.float32, copy=False)
     return out
 
 
