@@ -1077,6 +1077,11 @@ def _read_zip(f: Any, path: str, file_size: int) -> Dict[str, np.ndarray]:
     with zipfile.ZipFile(f) as zf:
         names = [i.orig_filename for i in zf.infolist()]
         if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            marker = _torchscript_marker(names)
+            if marker is not None:
+                raise WeightsError(f"{path!r}: a TorchScript archive (torch.jit.save; it has {marker[:80]!r}), "
+                                   "which is not supported: load it with torch.jit.load and save its "
+                                   "state_dict() with torch.save")
             return _read_torch_zip(f, zf, path, file_size)
         # No members at all is an empty .npz, as np.savez and write_state_dict({}) write it.
         if all(n.endswith(".npy") for n in names):
@@ -1098,11 +1103,6 @@ def _torchscript_marker(names: List[str]) -> Optional[str]:
 
 
 def _read_torch_zip(f: Any, zf: zipfile.ZipFile, path: str, file_size: int) -> Dict[str, np.ndarray]:
-    marker = _torchscript_marker([i.orig_filename for i in zf.infolist()])
-    if marker is not None:
-        raise WeightsError(f"{path!r}: a TorchScript archive (torch.jit.save; it has {marker[:80]!r}), "
-                           "which is not supported: load it with torch.jit.load and save its "
-                           "state_dict() with torch.save")
     members = _zip_members(f, zf, file_size, stored_only=True)
     prefixes = [n[:-len("/data.pkl")] for n in members
                 if n.endswith("/data.pkl") and n.count("/") == 1]
