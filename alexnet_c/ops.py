@@ -209,19 +209,22 @@ def linear(input, weight, bias=None, *, device: str = "cpu", precision: str = "f
     # The kernels add a (out_features,) bias; any other bias that broadcasts to the
     # output, as torch's addmm takes it, is added afterwards.
     late = b if b is not None and (vector or b.shape != (w.shape[0],)) else None
+    # torch computes a 1-D input as the row (1, in_features), so a (1, out_features)
+    # bias fits it too; the output keeps the input's shape.
+    row_shape = (1,) + out_shape if x.ndim == 1 and not vector else out_shape
     if late is not None:
         try:
-            fits = np.broadcast_shapes(late.shape, out_shape) == out_shape
+            fits = np.broadcast_shapes(late.shape, row_shape) == row_shape
         except ValueError:
             fits = False
         if not fits:
             raise ValueError(f"linear: expected bias of shape ({w.shape[0]},) or one that broadcasts to the "
                              f"output shape {out_shape}, got shape {late.shape}")
     out = _C.linear(x.reshape(math.prod(lead), x.shape[-1]), w, None if late is not None else b,
-                    device_code(device), _naive, tf32_flag(precision)).reshape(out_shape)
+                    device_code(device), _naive, tf32_flag(precision)).reshape(row_shape)
     if late is not None:
         out += late.astype(np.float32, copy=False)
-    return out
+    return out.reshape(out_shape)
 
 
 def softmax(input, dim: int = -1, *, device: str = "cpu") -> np.ndarray:

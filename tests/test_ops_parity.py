@@ -210,7 +210,7 @@ def test_linear(rng, lead, i, o, bias):
 @pytest.mark.parametrize("xs,ws,bs", [((2, 3), (4, 3), (1, 4)), ((2, 3), (4, 3), (2, 4)), ((5, 2, 3), (4, 3), (2, 4)),
                                       ((5, 2, 3), (4, 3), (5, 2, 4)), ((2, 3), (4, 3), (1,)), ((2, 3), (4, 3), (2, 1)),
                                       ((2, 3), (4, 3), ()), ((2, 3), (3,), None), ((4, 2, 3), (3,), None),
-                                      ((3,), (3,), None)])
+                                      ((3,), (3,), None), ((3,), (4, 3), (1, 4)), ((3,), (4, 3), (1,))])
 def test_linear_broadcast_bias_and_weight_vector(rng, xs, ws, bs):
     """Forms torch's F.linear takes beyond (out, in) weights and (out,) biases."""
     x, w = rng.standard_normal(xs), rng.standard_normal(ws)
