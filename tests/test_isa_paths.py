@@ -73,7 +73,7 @@ def test_conv2d_no_bias(isa):
 # transposes, In > 2048 two depth blocks, Out not a multiple of 48 partial panels.
 LINEAR_CASES = [(1, 9216, 37), (3, 100, 7), (9, 1030, 101), (64, 333, 45), (2, 5, 3),
                 (1, 17, 1), (8, 2051, 66), (64, 1500, 130), (7, 1, 9), (16, 4099, 97),
-                (17, 0, 5), (12, 31, 1)]
+                (17, 0, 5), (12, 31, 1), (1, 21, 12)]
 
 
 @pytest.mark.parametrize("case", LINEAR_CASES, ids=lambda c: "x".join(map(str, c)))
