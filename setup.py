@@ -72,13 +72,24 @@ def _emulated_shared(m):
             f"auto &{name} = ::acn_emu::block_shared<{type_}{dims}>(&acn_emu_site_{name});")
 
 
+# A string or character literal (group 1, kept as it is) or a comment.
+_COMMENT = re.compile(r'("(?:\\.|[^"\\\n])*"|\'(?:\\.|[^\'\\\n])*\')|/\*.*?\*/|//[^\n]*', re.S)
+
+
+def _without_comments(text):
+    """text with its comments blanked, newlines kept (so every line stays where it
+    was): a comment that names __shared__, __launch_bounds__ or <<< is no code to
+    rewrite, and no reason for emulator_source to refuse the file."""
+    return _COMMENT.sub(lambda m: m.group(1) or re.sub(r"[^\n]", " ", m.group(0)), text)
+
+
 def emulator_source(path):
     """The text of a .cu / .cuh file in plain C++ for csrc/cuda_emu, lines unchanged:
     launches become calls of the emulator, each __launch_bounds__ a check of the block
     size on the kernel's entry, and each __shared__ array storage that the emulator
     hands out per block (_emulated_shared)."""
     with open(path) as f:
-        text = f.read()
+        text = _without_comments(f.read())
 
     def launch(m):
         name = m.group(1).split("<")[0]

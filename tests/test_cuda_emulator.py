@@ -1,12 +1,19 @@
 """The CUDA emulator (csrc/cuda_emu) and the CUDA error paths only it can reach.
 
-- Each check of the emulator fires on a kernel that is wrong in exactly that way
-  (csrc/cuda_emu/selftest.cu): a missing barrier, in either thread order; a barrier
-  that not every thread reaches; a full-mask shuffle in a partial warp; a block
-  larger than the kernel's __launch_bounds__; a read of device memory nothing wrote;
-  a synchronisation inside a graph capture; and for the tensor-core API (mma.h), an
-  operand not rounded to TF32, a misaligned tile and a partial warp. A check that never fires would make tests/test_cuda.py's passes under
-  the emulator worthless.
+- Each check of the emulator fires on a kernel or a runtime call that is wrong in
+  exactly that way (csrc/cuda_emu/selftest.cu), and its correct twin passes: a missing
+  barrier, in either thread order; a barrier that not every thread reaches; warp
+  collectives in a partial warp, after lanes returned, of part of a warp or a width
+  below 32; a block larger than the kernel's __launch_bounds__; over 48 KB of
+  __shared__ arrays; a read of device memory nothing wrote; for the tensor-core API
+  (mma.h), an operand not rounded to TF32, a misaligned tile, lanes that disagree, an
+  odd leading dimension and a partial warp; every misuse of the runtime API that the
+  emulator refuses (bad arguments and handles, copies whose ends are not where their
+  kind says, freed memory, launch limits, unsafe calls during a graph capture and a
+  capture ended on the wrong thread), with the runtime's exact text; the host running
+  out of memory for fiber stacks or a __shared__ array; bad settings; code that setup.py
+  or the headers cannot turn into emulated code. A check that never fires would make
+  tests/test_cuda.py's passes under the emulator worthless.
 - precision="tf32" on a GPU without TF32 tensor cores (ALEXNET_C_EMU_CC below 80) is a
   RuntimeError that names the compute capability, and nothing else changes.
 - A kernel fault (sticky, as on a GPU) is a RuntimeError with the runtime's text for
@@ -23,6 +30,11 @@ Runs in builds made with ALEXNET_C_CUDA=emulate (.ci/emulated_cuda.sh, .ci/sanit
 elsewhere skipped with the reason, like every other `cuda`-marked test.
 """
 import os
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,6 +45,7 @@ from _subproc import child_env, run_python
 
 EMULATED = bool(getattr(_C, "CUDA_EMULATED", 0))
 SANITIZED = os.environ.get("ALEXNET_C_SANITIZED") == "1"   # set by .ci/sanitize.sh
+ROOT = Path(__file__).resolve().parents[1]   # the source tree: the headers, setup.py
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not EMULATED, reason="alexnet_c was not built with ALEXNET_C_CUDA=emulate")]
 
@@ -78,6 +91,13 @@ def test_fresh_device_memory_reads_as_nan():
 
 def test_full_warp_shuffle_sums_each_warp():
     assert np.array_equal(selftest("warp_sum", 96), np.full(96, 496, np.float32))
+    # the twin of the warp_kernel faults below: a full __syncwarp, then full shuffles
+    assert np.array_equal(selftest("warp", 64), np.full(64, 496, np.float32))
+
+
+def test_48k_of_shared_arrays_are_allowed():
+    # the twin of shared_over_48k below: 48 KB exactly
+    assert np.array_equal(selftest("shared", 64), np.ones(64, np.float32))
 
 
 def test_misaligned_float4_load_is_not_silent():
@@ -91,8 +111,76 @@ def test_misaligned_float4_load_is_not_silent():
         assert "misaligned address" in res.stderr and "float4" in res.stderr, res.stderr
 
 
-def test_synchronising_a_capturing_stream_is_refused():
-    selftest("sync_in_capture", 4)   # raises unless refused and the capture invalidated
+# The runtime's texts (cudaGetErrorString), by error name less its cudaError prefix.
+_CUDA_TEXT = {
+    "InvalidValue": "invalid argument",
+    "InvalidDevice": "invalid device ordinal",
+    "InvalidConfiguration": "invalid configuration argument",
+    "InvalidMemcpyDirection": "invalid copy direction for memcpy",
+    "InvalidResourceHandle": "invalid resource handle",
+    "IllegalState": "the operation cannot be performed in the present state",
+    "NotReady": "device not ready",
+    "StreamCaptureUnsupported": "operation not permitted when stream is capturing",
+    "StreamCaptureWrongThread": "attempt to terminate a thread-local capture sequence from another thread",
+}
+# selftest.cu's misuse cases, by the error each must get. A case "x_in_capture" also
+# requires the capture to come out invalidated (during_capture there).
+_MISUSES = {
+    "InvalidValue": [
+        "device_count_null", "get_device_null", "attribute_null", "attribute_unknown", "mem_get_info_null",
+        "occupancy_null", "occupancy_block_0", "occupancy_block_1025", "occupancy_smem_over_48k",
+        "malloc_null", "free_twice", "free_inside", "memcpy_to_freed", "memcpy_h2d_to_host",
+        "memcpy_h2d_from_device", "memcpy_d2h_from_host", "memcpy_d2h_to_device", "memcpy_d2d_from_host",
+        "memcpy_d2d_to_host", "memcpy_h2h_from_device", "memcpy_h2h_to_device", "memcpy_past_the_end",
+        "memcpy_null", "stream_create_null", "stream_create_bad_flags", "capture_bad_mode",
+        "end_capture_null_graph", "instantiate_null", "event_create_null", "elapsed_null",
+        "launch_dynamic_smem"],
+    "InvalidDevice": ["set_device_1", "attribute_device_1"],
+    "InvalidMemcpyDirection": ["memcpy_bad_kind"],
+    "InvalidConfiguration": [
+        "launch_block_0", "launch_block_1025", "launch_block_z_65", "launch_grid_x_0", "launch_grid_x_2p31",
+        "launch_grid_y_0", "launch_grid_y_65536", "launch_grid_z_0", "launch_grid_z_65536"],
+    "InvalidResourceHandle": [
+        "memcpy_async_unknown_stream", "stream_destroy_twice", "stream_sync_unknown", "capture_unknown_stream",
+        "end_capture_unknown_stream", "instantiate_destroyed_graph", "graph_destroy_twice",
+        "graph_launch_destroyed", "graph_launch_unknown_stream", "graph_exec_destroy_twice",
+        "event_destroy_twice", "event_record_unknown", "event_record_unknown_stream", "event_sync_unknown",
+        "elapsed_unknown", "launch_unknown_stream"],
+    "IllegalState": ["capture_twice", "end_capture_not_capturing"],
+    "NotReady": ["elapsed_unrecorded"],
+    "StreamCaptureUnsupported": [
+        "stream_destroy_capturing", "capture_null_stream", "capture_legacy_stream", "stream_sync_in_capture",
+        "legacy_sync_in_capture", "device_sync_in_capture", "malloc_in_capture", "free_in_capture",
+        "memcpy_in_capture", "malloc_in_per_thread_capture", "malloc_beside_global_capture"],
+    "StreamCaptureWrongThread": ["end_capture_wrong_thread"],
+}
+# Their correct twins, which must succeed.
+_MISUSE_TWINS = ["occupancy_ok", "memcpy_ok", "end_capture_relaxed_elsewhere_ok", "malloc_in_relaxed_capture_ok",
+                 "malloc_beside_thread_local_capture_ok", "malloc_after_a_capturing_thread_exited_ok", "elapsed_ok",
+                 "launch_at_limits_ok"]
+
+
+@pytest.mark.parametrize("name,error", [(name, error) for error, names in _MISUSES.items() for name in names])
+def test_runtime_refuses_misuse_with_its_own_text(name, error):
+    with pytest.raises(RuntimeError) as info:
+        selftest(name, 1)
+    assert str(info.value) == f"_emu_selftest: CUDA error: {name}: {_CUDA_TEXT[error]} (cudaError{error})"
+    # not sticky, and nothing left behind (a capture left going would refuse the allocation)
+    assert np.array_equal(selftest("warp", 32), np.full(32, 496, np.float32))
+
+
+@pytest.mark.parametrize("name", _MISUSE_TWINS)
+def test_correct_use_of_the_runtime_passes(name):
+    selftest(name, 1)
+
+
+def test_every_misuse_case_is_tested():
+    source = ROOT / "csrc" / "cuda_emu" / "selftest.cu"
+    if not source.is_file():
+        pytest.skip("no source tree beside the tests")
+    table = source.read_text().split("const Misuse kMisuses[] = {")[1].split("\n};")[0]
+    cases = re.findall(r'^    \{"(\w+)", ', table, re.M)
+    assert sorted(cases) == sorted(sum(_MISUSES.values(), _MISUSE_TWINS))
 
 
 def test_wmma_tile_product_is_exact():
@@ -102,24 +190,128 @@ def test_wmma_tile_product_is_exact():
     assert np.array_equal(selftest("wmma", 256).reshape(16, 16), want)
 
 
-@pytest.mark.parametrize("name,why", [
-    ("wmma_unrounded", "mma_sync: a TF32 operand was not rounded with __float_to_tf32"),
-    ("wmma_misaligned", "wmma: a fragment's memory must be 32-byte (256-bit) aligned"),
-    ("wmma_half_warp", "full-mask load_matrix_sync in a warp of 16 threads"),
-])
-def test_wmma_mistakes_are_kernel_faults(name, why):
-    code = f"""
+_SELFTEST_CHILD = """
+import sys
 from alexnet_c import _C
 try:
-    _C._emu_selftest({name!r}, 256)
+    _C._emu_selftest(sys.argv[1], int(sys.argv[2]))
     print("no fault")
 except RuntimeError as e:
     print("fault:", e)
 """
-    res = run_python(["-c", code])
+
+
+def assert_kernel_fault(res, kernel, whys):
+    """res: _SELFTEST_CHILD's run; one of whys is the emulator's report of the fault."""
     assert res.returncode == 0 and "fault:" in res.stdout and "unspecified launch failure" in res.stdout, \
         res.stdout + res.stderr
-    assert "kernel fault in wmma_kernel" in res.stderr and why in res.stderr, res.stderr
+    line = rf"alexnet_c CUDA emulator: kernel fault in {kernel}, block \(0,0,0\)( thread \(\d+,0,0\))?: "
+    assert re.search(line + "(" + "|".join(map(re.escape, whys)) + ")", res.stderr), res.stderr
+
+
+# As below, which of two whys depends on the thread order: in index order lane 0 has
+# returned before the others arrive; in reverse they wait for it, and it never comes.
+@pytest.mark.parametrize("name,n,kernel,whys", [
+    ("wmma_unrounded", 256, "wmma_kernel", ("mma_sync: a TF32 operand was not rounded with __float_to_tf32",)),
+    ("wmma_misaligned", 256, "wmma_kernel", ("wmma: a fragment's memory must be 32-byte (256-bit) aligned",)),
+    ("wmma_lanes_disagree", 256, "wmma_kernel", ("wmma: the lanes of a warp passed different pointers, "
+                                                 "leading dimensions or layouts to one collective call",)),
+    ("wmma_odd_ldm", 256, "wmma_kernel", ("wmma: the leading dimension of a float tile must be a multiple of 4",)),
+    ("wmma_half_warp", 256, "wmma_kernel", ("full-mask load_matrix_sync in a warp of 16 threads",)),
+    ("warp_width", 32, "warp_kernel", ("the emulator runs full-warp shuffles only (mask 0xffffffff, width 32)",)),
+    ("warp_mask", 32, "warp_kernel", ("__syncwarp(): the emulator runs full-warp collectives only (mask 0xffffffff)",)),
+    ("warp_after_return", 32, "warp_kernel", ("full-mask __syncwarp() after 1 lanes of the warp returned",
+                                              "deadlock: 0 of 32 threads wait at __syncthreads(), 31 at a warp "
+                                              "shuffle, 1 have returned")),
+    ("warp_share_too_much", 32, "warp_kernel", ("self-test: too much data for warp_share",)),
+    ("shared_over_48k", 32, "shared_kernel", ("the block's __shared__ arrays take 49156 bytes; a block may have "
+                                              "48 KB of static shared memory",)),
+    ("shared_huge", 32, "shared_kernel", ("no host memory for a __shared__ array",)),
+])
+def test_kernel_mistakes_are_kernel_faults(name, n, kernel, whys):
+    assert_kernel_fault(run_python(["-c", _SELFTEST_CHILD, name, str(n)]), kernel, whys)
+
+
+@pytest.mark.skipif(SANITIZED, reason="ASan's shadow memory needs more address space than the limit leaves")
+def test_no_memory_for_the_fiber_stacks_is_a_kernel_fault():
+    """1024 threads need 512 MB of stack address space; with 64 MB left, mmap fails."""
+    code = ("import resource\nfrom alexnet_c import _C\n_C._emu_selftest('warp', 32)\n"
+            "vm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmSize:')) << 10\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (vm + (64 << 20), resource.getrlimit(resource.RLIMIT_AS)[1]))\n"
+            + _SELFTEST_CHILD)
+    assert_kernel_fault(run_python(["-c", code, "warp", "1024"]), "warp_kernel", ("no memory for the fibers' stacks",))
+
+
+@pytest.mark.skipif(not SANITIZED, reason="only AddressSanitizer (.ci/sanitize.sh) sees an overrun")
+@pytest.mark.parametrize("name", ["overrun_device", "overrun_shared"])
+def test_overrun_is_reported_by_asan(name):
+    # The report to stderr, not to sanitize.sh's log folder, whose reports fail the job.
+    env = child_env(ASAN_OPTIONS=os.environ.get("ASAN_OPTIONS", "") + ":log_path=stderr")
+    res = run_python(["-c", f"from alexnet_c import _C; print(_C._emu_selftest({name!r}, 32))"], env=env)
+    assert res.returncode != 0 and "ERROR: AddressSanitizer: heap-buffer-overflow" in res.stderr, \
+        res.stdout + res.stderr
+    assert "READ of size 4" in res.stderr, res.stderr
+
+
+def test_bad_emulator_settings_are_named_and_replaced():
+    env = child_env(ALEXNET_C_EMU_MEMORY_MB="lots", ALEXNET_C_EMU_CC="49", ALEXNET_C_EMU_SCHEDULE="backwards")
+    res = run_python(["-c", "from alexnet_c import _C; print(_C._emu_selftest('warp', 32)[0])"], env=env)
+    assert res.returncode == 0 and res.stdout == "496.0\n", res.stdout + res.stderr
+    for text in ("ALEXNET_C_EMU_MEMORY_MB=lots is not an integer in [1, 16777216]; using 16384",
+                 "ALEXNET_C_EMU_CC=49 is not an integer in [50, 129]; using 90",
+                 "ALEXNET_C_EMU_SCHEDULE=backwards is not forward or reverse; using forward"):
+        assert f"alexnet_c CUDA emulator: {text}\n" in res.stderr, res.stderr
+
+
+# What setup.py (emulator_source) cannot rewrite, and the headers' own refusals of code
+# that reaches the compiler unrewritten or that the emulator cannot run.
+@pytest.mark.parametrize("source,why", [
+    ("k <<< 1, 1 >>> ;", "a kernel launch the emulator build cannot rewrite"),
+    ("__global__ void __launch_bounds__(64) k(float *p);", "a __launch_bounds__ the emulator build cannot rewrite"),
+    ("__shared__ float s;", "a __shared__ declaration the emulator build cannot rewrite"),
+    ("__shared__ __align__(128) float s[4];", "the emulator aligns shared arrays to 64 bytes, not 128"),
+    ("/* __shared__ s; __launch_bounds__; k<<<1, 1>>> */ // __shared__\n__shared__ float s[4];", None),
+])
+def test_setup_refuses_what_it_cannot_rewrite(tmp_path, source, why):
+    import importlib.util
+    if not (ROOT / "setup.py").is_file():
+        pytest.skip("no source tree beside the tests")
+    spec = importlib.util.spec_from_file_location("alexnet_c_setup", ROOT / "setup.py")
+    setup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(setup)
+    (tmp_path / "k.cu").write_text(source)
+    if why is None:   # the twin: words in comments are no code
+        assert "block_shared<float[4]>" in setup.emulator_source(str(tmp_path / "k.cu"))
+        return
+    with pytest.raises(RuntimeError, match=re.escape(why)):
+        setup.emulator_source(str(tmp_path / "k.cu"))
+
+
+_MMA = "#include <mma.h>\nusing namespace nvcuda::wmma;\n"
+
+
+@pytest.mark.parametrize("language,source,why", [
+    ("c++", "__global__ void k(float *p) { __shared__ float s[4]; s[0] = *p; }",
+     "acn_emu_shared_declaration_not_rewritten_by_setup_py"),
+    ("c++", "__global__ void __launch_bounds__(64) k(float *p) { *p = 0; }",
+     "acn_emu_launch_bounds_not_rewritten_by_setup_py"),
+    ("c++", '__global__ void k(float *p) { *p = 0; }\nvoid f() { ::acn_emu::Launch(1, 1).of(k, "k")(nullptr, 1); }',
+     "kernel launched with the wrong argument count"),
+    ("c++", "__global__ void k(double *p) { *p = __shfl_xor_sync(0xffffffffu, *p, 1); }", "32-bit shuffles only"),
+    ("c++", _MMA + "void f(const float *p) { fragment<matrix_a, 16, 16, 8, precision::tf32> a; load_matrix_sync(a, p, 8); }",
+     "a matrix_a / matrix_b fragment is row_major or col_major"),
+    ("c++", _MMA + "fragment<matrix_a, 16, 16, 16, precision::tf32, row_major> a;",
+     "incomplete type|undefined template"),   # g++'s words | clang's
+    ("c", "", "the CUDA emulator is C++ (it compiles the .cu sources as C++17)"),
+])
+def test_code_the_emulator_cannot_run_does_not_compile(language, source, why):
+    cxx = shlex.split(os.environ.get("CXX", "g++"))   # as setup.py compiles the emulator
+    if not (ROOT / "csrc" / "cuda_emu").is_dir() or not shutil.which(cxx[0]):
+        pytest.skip("no source tree beside the tests, or no C++ compiler")
+    res = subprocess.run(cxx + ["-std=c++17" if language == "c++" else "-std=c11", "-fsyntax-only",
+                                "-I", str(ROOT / "csrc" / "cuda_emu"), "-x", language, "-"],
+                         input="#include <cuda_runtime.h>\n" + source + "\n", capture_output=True, text=True)
+    assert res.returncode != 0 and any(text in res.stderr for text in why.split("|")), res.stderr
 
 
 _OLD_GPU_CHILD = """
@@ -243,9 +435,13 @@ def test_device_out_of_memory_then_recovers():
 
 
 def test_emulated_device_can_be_hidden():
-    res = run_python(["-c", "import alexnet_c as ac; print(ac.cuda_is_available(), ac.cuda_unavailable_reason())"],
-                     env=child_env(CUDA_VISIBLE_DEVICES="-1"))
+    # and every runtime call below the Python layer's check says so (a self-test's first)
+    code = ("import alexnet_c as ac; print(ac.cuda_is_available(), ac.cuda_unavailable_reason())\n"
+            "try:\n    ac._C._emu_selftest('warp', 32)\nexcept RuntimeError as e:\n    print(e)")
+    res = run_python(["-c", code], env=child_env(CUDA_VISIBLE_DEVICES="-1"))
     assert res.returncode == 0 and res.stdout.startswith("False no CUDA device found"), res.stdout + res.stderr
+    assert res.stdout.splitlines()[1] == ("_emu_selftest: no usable CUDA device: self-test output: "
+                                          "no CUDA-capable device is detected (cudaErrorNoDevice)"), res.stdout
 
 
 def test_cli_reports_device_memory_running_out(tmp_path):

@@ -27,7 +27,9 @@
  *   vector load as the GPU would fault on it, and ASan reports device-memory overruns;
  * - cudaMemcpy directions are checked against the device allocations, a stream
  *   synchronisation or cudaMalloc inside a graph capture invalidates it, a fault is
- *   sticky (every later call returns it), as with the real runtime.
+ *   sticky (every later call returns it), as with the real runtime; so are bad
+ *   arguments, handles and launch configurations refused with the real error codes
+ *   (selftest.cu makes each refusal, tests/test_cuda_emulator.py checks its text).
  * What it cannot show: speed, occupancy, register or shared-memory limits of a real
  * GPU (tests/test_nvcc_build.py reads the last three from ptxas instead); races that
  * the fiber order hides (it is no race detector: compute-sanitizer's racecheck on a
@@ -68,8 +70,10 @@
 #define __host__
 #define __forceinline__ inline
 /* setup.py rewrites `__launch_bounds__(n[, m]) kernel(...) {` into a check_launch_bound()
- * call at the top of the kernel (below); one that it missed does not compile. */
-#define __launch_bounds__(...) acn_emu_launch_bounds_not_rewritten_by_setup_py
+ * call at the top of the kernel (below); one that it missed does not compile, and the
+ * trailing :: makes the compiler name this identifier ("has not been declared"), where
+ * a bare one before the kernel's name only gets "expected initializer". */
+#define __launch_bounds__(...) acn_emu_launch_bounds_not_rewritten_by_setup_py::
 #define __align__(n) __attribute__((aligned(n)))
 /* setup.py rewrites every `__shared__ T name[..];` into a block_shared() call (below);
  * one that it missed does not compile. */
@@ -83,6 +87,7 @@ enum cudaError_t : int {
     cudaErrorInitializationError = 3,
     cudaErrorCudartUnloading = 4,
     cudaErrorInvalidConfiguration = 9,
+    cudaErrorInvalidMemcpyDirection = 21,
     cudaErrorStubLibrary = 34,
     cudaErrorInsufficientDriver = 35,
     cudaErrorNoDevice = 100,

@@ -158,16 +158,28 @@ std::set<acn_emu_graph *> g_graphs;
 std::set<acn_emu_graph_exec *> g_execs;
 std::map<uintptr_t, size_t> g_allocs;   /* device allocations: base -> bytes */
 size_t g_alloc_bytes = 0;
+/* The streams in a capture: created ones, and every thread's cudaStreamPerThread, which
+ * g_streams does not hold (an unsafe call must invalidate a capture on those too). */
+std::set<acn_emu_stream *> g_capturing;
 int g_global_captures = 0;               /* captures in cudaStreamCaptureModeGlobal */
 
 acn_emu_stream g_legacy_stream;
-thread_local acn_emu_stream tl_per_thread_stream;
+/* A thread that exits mid-capture on its per-thread stream takes it out of g_capturing,
+ * which would otherwise point into the dead thread's storage. */
+struct PerThreadStream {
+    acn_emu_stream s;
+    ~PerThreadStream() {
+        std::lock_guard<std::mutex> guard(g_lock);
+        if (g_capturing.erase(&s) && s.mode == cudaStreamCaptureModeGlobal) --g_global_captures;
+    }
+};
+thread_local PerThreadStream tl_per_thread_stream;
 thread_local int tl_strict_captures = 0;   /* this thread's global / thread-local captures */
 
 /* NULL, the legacy and the per-thread stream are built in; anything else must be live. */
 acn_emu_stream *resolve(cudaStream_t s) {
     if (s == nullptr || s == cudaStreamLegacy) return &g_legacy_stream;
-    if (s == cudaStreamPerThread) return &tl_per_thread_stream;
+    if (s == cudaStreamPerThread) return &tl_per_thread_stream.s;
     std::lock_guard<std::mutex> guard(g_lock);
     return g_streams.count(s) ? s : nullptr;
 }
@@ -177,8 +189,8 @@ acn_emu_stream *resolve(cudaStream_t s) {
 bool capture_forbids_unsafe_call(void) {
     std::lock_guard<std::mutex> guard(g_lock);
     if (tl_strict_captures == 0 && g_global_captures == 0) return false;
-    for (acn_emu_stream *s : g_streams)
-        if (s->capturing && s->mode != cudaStreamCaptureModeRelaxed &&
+    for (acn_emu_stream *s : g_capturing)
+        if (s->mode != cudaStreamCaptureModeRelaxed &&
             (s->mode == cudaStreamCaptureModeGlobal || s->capture_thread == std::this_thread::get_id()))
             s->invalidated = true;
     return true;
@@ -710,7 +722,7 @@ const char *cudaGetErrorName(cudaError_t err) {
 #define NAME(e) case e: return #e;
         NAME(cudaSuccess) NAME(cudaErrorInvalidValue) NAME(cudaErrorMemoryAllocation)
         NAME(cudaErrorInitializationError) NAME(cudaErrorCudartUnloading)
-        NAME(cudaErrorInvalidConfiguration) NAME(cudaErrorStubLibrary)
+        NAME(cudaErrorInvalidConfiguration) NAME(cudaErrorInvalidMemcpyDirection) NAME(cudaErrorStubLibrary)
         NAME(cudaErrorInsufficientDriver) NAME(cudaErrorNoDevice) NAME(cudaErrorInvalidDevice)
         NAME(cudaErrorNoKernelImageForDevice) NAME(cudaErrorInvalidResourceHandle)
         NAME(cudaErrorIllegalState) NAME(cudaErrorNotReady) NAME(cudaErrorIllegalAddress)
@@ -730,6 +742,7 @@ const char *cudaGetErrorString(cudaError_t err) {
     case cudaErrorInitializationError: return "initialization error";
     case cudaErrorCudartUnloading: return "driver shutting down";
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorInvalidMemcpyDirection: return "invalid copy direction for memcpy";
     case cudaErrorStubLibrary: return "CUDA driver is a stub library";
     case cudaErrorInsufficientDriver: return "CUDA driver version is insufficient for CUDA runtime version";
     case cudaErrorNoDevice: return "no CUDA-capable device is detected";
@@ -874,6 +887,8 @@ bool copy_ends_ok(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind)
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind,
                             cudaStream_t stream) {
     EMU_ENTER();
+    /* A kind that is none of the five: the real runtime's own error for it. */
+    if (kind < cudaMemcpyHostToHost || kind > cudaMemcpyDefault) return fail(cudaErrorInvalidMemcpyDirection);
     if (bytes == 0) return cudaSuccess;
     if (!copy_ends_ok(dst, src, bytes, kind)) return fail(cudaErrorInvalidValue);
     return submit(stream, [dst, src, bytes]() {
@@ -938,6 +953,7 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode mo
     s->mode = mode;
     s->capture_thread = std::this_thread::get_id();
     s->nodes.clear();
+    g_capturing.insert(s);
     if (mode != cudaStreamCaptureModeRelaxed) ++tl_strict_captures;
     if (mode == cudaStreamCaptureModeGlobal) ++g_global_captures;
     return cudaSuccess;
@@ -955,6 +971,7 @@ cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t *graph) {
     if (s->mode != cudaStreamCaptureModeRelaxed && s->capture_thread != std::this_thread::get_id())
         return fail(cudaErrorStreamCaptureWrongThread);
     s->capturing = false;
+    g_capturing.erase(s);
     if (s->mode != cudaStreamCaptureModeRelaxed) --tl_strict_captures;
     if (s->mode == cudaStreamCaptureModeGlobal) --g_global_captures;
     std::vector<Op> nodes;
