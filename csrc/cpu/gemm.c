@@ -16,6 +16,7 @@
 #include "cpu_internal.h"
 
 #include <omp.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* KC_MAX: the deepest depth block. A whole AlexNet K (<= 2048, or K split in

@@ -398,6 +398,8 @@ static const wino_steps *steps_for(const acn_ukernel *uk)
 #if ACN_X86
     if (uk->isa == ACN_ISA_AVX512)
         return &avx512_steps;
+#else
+    (void)uk;
 #endif
     return &plain_steps;
 }
