@@ -129,4 +129,17 @@ int acn_wino_conv(float *out, const float *inp, const float *u, const acn_ukerne
 
 static inline float acn_relu1(float x) { return x < 0.0f ? 0.0f : x; }   /* NaN stays NaN */
 
+/* a * b + c for the portable kernels: one fused instruction where the target has a
+ * fast one (aarch64's fmla), as in the AVX2/AVX-512 kernels; else a multiply and an
+ * add. The build's -std=c11 stops GCC from fusing on its own (-ffp-contract=off in
+ * ISO mode): NEON would then run two instructions per multiply-add. */
+static inline float acn_madd(float a, float b, float c)
+{
+#ifdef __FP_FAST_FMAF
+    return __builtin_fmaf(a, b, c);
+#else
+    return a * b + c;
+#endif
+}
+
 #endif

@@ -10,10 +10,10 @@ static void ukernel_generic(int kc, const float *a, const float *b, float *c, pt
     float acc[MR][NR] = {{0}};
     for (int k = 0; k < kc; k++) {
         const float *bk = b + (size_t)k * NR;
-        for (int i = 0; i < MR; i++) {
+        _Pragma("GCC unroll 4") for (int i = 0; i < MR; i++) {
             const float ai = a[(size_t)k * MR + i];
             for (int j = 0; j < NR; j++)
-                acc[i][j] += ai * bk[j];
+                acc[i][j] = acn_madd(ai, bk[j], acc[i][j]);
         }
     }
     for (int i = 0; i < MR; i++) {

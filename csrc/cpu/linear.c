@@ -49,12 +49,12 @@ static void fc_tile_generic(const float *w, ptrdiff_t ldw, int R, const float *x
             int k = 0;
             for (; k + L <= kc; k += L)
                 for (int l = 0; l < L; l++)
-                    acc[l] += wr[k + l] * xn[k + l];
+                    acc[l] = acn_madd(wr[k + l], xn[k + l], acc[l]);
             float s = 0.0f;
             for (int l = 0; l < L; l++)
                 s += acc[l];
             for (; k < kc; k++)
-                s += wr[k] * xn[k];
+                s = acn_madd(wr[k], xn[k], s);
             float *o = out + (ptrdiff_t)n * ldo + r;
             *o = accumulate ? *o + s : s;
         }
