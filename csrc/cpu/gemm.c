@@ -228,9 +228,10 @@ int acn_gemm_parallel(const acn_gemm_plan *g, int nt)
      * on a shared (virtualised) machine one core often runs at half speed for a
      * while, and a static split then leaves the other core waiting at the end.
      * A chunk is one packed-B block, or smaller so that there are at least 16
-     * per thread: the last chunk then leaves the other thread idle for little
-     * (conv1 at batch 1: 63 panels, in 9 chunks 0.89 ms, in 63 0.84; no change at
-     * batch 8 or 64, where the blocks bound the chunks). */
+     * per thread: a core that slows down near the end then holds the layer up
+     * by little (conv1 at batch 1, AVX-512: 64 panels, in 8 chunks of 8 0.89 ms,
+     * in 32 of 2 0.84-0.85; no change at batch 8 or 64, where the blocks bound
+     * the chunks). */
     const int chunk = min_int(block_panels(g), panels / (16 * nt) > 1 ? panels / (16 * nt) : 1);
     const int chunks = (panels + chunk - 1) / chunk;
     int next = 0;

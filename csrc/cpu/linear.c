@@ -9,9 +9,10 @@
  * weight matrix is read in its own layout, never packed or copied (fc1 is
  * 151 MB): a register tile of 8 weight rows x up to 3 input rows keeps 24
  * vector accumulators of dot-product partial sums along the whole of In, so
- * each weight row is one sequential, software-prefetched stream, loaded once.
+ * each weight row is one sequential stream, loaded once.
  * The AVX-512 tile prefetches into L2 (T1), 2 KB ahead, on the first pass over
- * each row tile only (later input rows find the tile in L2). Measured on Zen 4, fc1 at
+ * each row tile only (later input rows find the tile in L2; the AVX2 and portable
+ * tiles leave the streams to the hardware prefetcher). Measured on Zen 4, fc1 at
  * batch 1: 5.6 ms on one thread and 4.0 ms on two, against 9.3 / 4.9 ms with
  * prefetches into L1 (T0), whose fill buffers then stall the loads, and
  * 6.0 / 4.1 ms with none.
@@ -24,9 +25,11 @@
 enum { TR = 8, TN = 3, KCF = 512, OSB = 64, STREAM_ROWS = 8 };
 
 /* Input rows from which the packed GEMM beats streaming the weights in place
- * (fc1, 2 threads, measured here): AVX-512 at 8 (11.1 vs 12.4 ms; 4 rows: 11.7
- * vs 9.5), AVX2 at 4 (12.8 vs 17.7 ms; 3 rows: 13.6 vs 11.2), the portable
- * kernels at 16 (their pack is a scalar gather). */
+ * (fc1, 2 threads): AVX-512 at 8 (measured on Sapphire Rapids before the L2
+ * prefetch: 11.1 vs 12.4 ms, 4 rows 11.7 vs 9.5; on Zen 4 with it, 4 rows 5.1 vs
+ * 9.7 ms, while at 8 rows runs went either way, 6.3-10.4 vs 9.0-10.1 ms, so the
+ * crossover stays), AVX2 at 4 (12.8 vs 17.7 ms; 3 rows: 13.6 vs 11.2), the
+ * portable kernels at 16 (their pack is a scalar gather). */
 static int gemm_min_rows(acn_isa isa)
 {
     return isa == ACN_ISA_AVX512 ? 8 : isa == ACN_ISA_AVX2 ? 4 : 16;
