@@ -40,4 +40,3 @@ def test_kernels_match_references_in_c(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     paths = ["generic", "avx2", "avx512"].index(_C.get_isa()[1]) + 1
     assert f"{paths} ISA path(s)" in run.stdout, run.stdout
-
