@@ -72,6 +72,11 @@ def test_returns_fresh_float32_arrays(rng):
      "(N*OH*OW), got 16777216*1073741825*1073741825"),
     (lambda: ac.conv2d(np.zeros((1, 1, 1, 1)), np.zeros((1, 1, 1, 1)), padding=2**30),
      "padded input must stay below 2**31"),
+    # N*C planes counted in 64 bits (an empty H keeps the array free): past 2**31-1 refused
+    (lambda: ac.max_pool2d(np.zeros((2**16, 2**15 + 1, 0, 1), np.float32), 1),
+     "max_pool2d: expected at most 2**31-1 planes (N*C), got 2147549184"),
+    (lambda: ac.adaptive_avg_pool2d(np.zeros((2**16, 2**15 + 1, 0, 1), np.float32), 1),
+     "adaptive_avg_pool2d: expected at most 2**31-1 planes (N*C), got 2147549184"),
     # the shape as given, checked before 'same' pads an even kernel's extra row
     (lambda: ac.conv2d(np.zeros((8, 8)), np.zeros((1, 1, 2, 2)), None, 1, "same"),
      "expected a 3-D (C, H, W) or 4-D (N, C, H, W) input, got shape (8, 8)"),

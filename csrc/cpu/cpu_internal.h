@@ -101,7 +101,8 @@ typedef struct {
 } acn_gemm_plan;
 
 int acn_gemm_range(const acn_gemm_plan *g, int j0, int j1);
-/* Splits the columns over nt threads (NR-aligned ranges, no barrier inside). */
+/* Splits the columns over nt threads (NR-aligned ranges, and A-panel row ranges
+ * when the columns are few; no barrier inside). */
 int acn_gemm_parallel(const acn_gemm_plan *g, int nt);
 
 /* ---- convolution with pre-packed weights (conv2d.c) ---- */

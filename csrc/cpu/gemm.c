@@ -2,9 +2,10 @@
  *
  * A (the weights) is packed once into MR-row panels over all of K (conv weights
  * when a net is built; other callers pack per call). Threads take chunks of
- * output columns from a shared counter and run the whole GEMM for each alone:
- * no barrier, no shared packing buffer, and a core that runs slow for a while
- * (a busy host) simply takes fewer chunks.
+ * output columns from a shared counter and run the whole GEMM for each alone
+ * (or, when the columns are few, for a range of A's rows): no barrier, no
+ * shared packing buffer, and a core that runs slow for a while (a busy host)
+ * simply takes fewer chunks.
  *
  * Per chunk of columns (BLIS order, without the MC loop since A is pre-packed):
  *   column block (~640 KB of packed B) -> depth block of KC: pack B (L2)
@@ -167,7 +168,8 @@ static int block_panels(const acn_gemm_plan *g)
     return fit > 1 ? fit : 1;
 }
 
-int acn_gemm_range(const acn_gemm_plan *g, int j0, int j1)
+/* Rows [ir0, ir1) of A panels times columns [j0, j1), on the calling thread. */
+static int gemm_block(const acn_gemm_plan *g, int j0, int j1, int ir0, int ir1)
 {
     const acn_ukernel *uk = g->uk;
     const int MR = uk->MR, NR = uk->NR, M = g->M, K = g->K;
@@ -191,7 +193,6 @@ int acn_gemm_range(const acn_gemm_plan *g, int j0, int j1)
     float *pack_b = acn_thread_buffer(ACN_TLS_PACK_B, (size_t)ncb * KC);
     if (pack_b == NULL)
         return ACN_ENOMEM;
-    const int panels_a = (M + MR - 1) / MR;
     for (int jc = j0; jc < j1; jc += ncb) {
         const int nc = min_int(ncb, j1 - jc);
         const int panels_b = (nc + NR - 1) / NR;
@@ -208,22 +209,37 @@ int acn_gemm_range(const acn_gemm_plan *g, int j0, int j1)
              * M x kc): measured faster than the A-panel-outer order at batch 1
              * and 64. */
             for (int jr = 0; jr < panels_b; jr++)
-                for (int ir = 0; ir < panels_a; ir++)
+                for (int ir = ir0; ir < ir1; ir++)
                     one_tile(g, pack_b, kc, pc, ir, jc, jr, nc, flags, last && bias_mode == ACN_BIAS_COL);
         }
     }
     return ACN_OK;
 }
 
+int acn_gemm_range(const acn_gemm_plan *g, int j0, int j1)
+{
+    return gemm_block(g, j0, j1, 0, (g->M + g->uk->MR - 1) / g->uk->MR);
+}
+
+/* Row groups for a GEMM with few column chunks. A 13x13 conv output at batch 1
+ * (conv3-5) is 169 columns: three 48-wide panels and a 25-wide one, which two
+ * threads shared 2 : 1.67. Each item is then a chunk times a range of A panels;
+ * its B panel is packed once per range, a few percent of the item, so only a
+ * GEMM of at least 2**24 multiply-adds is split (measured, 2 threads, AVX-512:
+ * conv3-5 1.22/1.69/1.12 ms -> 1.16/1.62/1.07 with two groups; three or four
+ * were slower, as was splitting conv1, whose 64 panels balance already). */
+static int row_groups(const acn_gemm_plan *g, int chunks, int nt)
+{
+    const int panels_a = (g->M + g->uk->MR - 1) / g->uk->MR;
+    if (chunks >= 4 * nt || (long long)g->M * g->K * g->N < (1LL << 24))
+        return 1;
+    return min_int(panels_a, (4 * nt + chunks - 1) / chunks);
+}
+
 int acn_gemm_parallel(const acn_gemm_plan *g, int nt)
 {
     const int NR = g->uk->NR;
     const int panels = (g->N + NR - 1) / NR;
-    if (nt > panels)
-        nt = panels;
-    if (nt <= 1)
-        return acn_gemm_range(g, 0, g->N);
-    int status = ACN_OK;
     /* Threads take column chunks from a shared counter instead of fixed halves:
      * on a shared (virtualised) machine one core often runs at half speed for a
      * while, and a static split then leaves the other core waiting at the end.
@@ -232,8 +248,15 @@ int acn_gemm_parallel(const acn_gemm_plan *g, int nt)
      * by little (conv1 at batch 1, AVX-512: 64 panels, in 8 chunks of 8 0.89 ms,
      * in 32 of 2 0.84-0.85; no change at batch 8 or 64, where the blocks bound
      * the chunks). */
-    const int chunk = min_int(block_panels(g), panels / (16 * nt) > 1 ? panels / (16 * nt) : 1);
-    const int chunks = (panels + chunk - 1) / chunk;
+    const int chunk = nt > 1 ? min_int(block_panels(g), panels / (16 * nt) > 1 ? panels / (16 * nt) : 1) : panels;
+    const int chunks = panels > 0 ? (panels + chunk - 1) / chunk : 0;
+    const int groups = nt > 1 ? row_groups(g, chunks, nt) : 1;
+    const int items = chunks * groups, panels_a = (g->M + g->uk->MR - 1) / g->uk->MR;
+    if (nt > items)
+        nt = items;
+    if (nt <= 1)
+        return acn_gemm_range(g, 0, g->N);
+    int status = ACN_OK;
     int next = 0;
 #pragma omp parallel num_threads(nt)
     {
@@ -241,10 +264,12 @@ int acn_gemm_parallel(const acn_gemm_plan *g, int nt)
             int c;
 #pragma omp atomic capture
             c = next++;
-            if (c >= chunks)
+            if (c >= items)
                 break;
-            const int j0 = c * chunk * NR, j1 = min_int((c + 1) * chunk * NR, g->N);
-            int st = acn_gemm_range(g, j0, j1);
+            const int cc = c / groups, rg = c % groups;
+            const int j0 = cc * chunk * NR, j1 = min_int((cc + 1) * chunk * NR, g->N);
+            const int ir0 = panels_a * rg / groups, ir1 = panels_a * (rg + 1) / groups;
+            int st = gemm_block(g, j0, j1, ir0, ir1);
             if (st != ACN_OK) {
 #pragma omp atomic write
                 status = st;
