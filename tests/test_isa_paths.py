@@ -42,6 +42,8 @@ CONV_CASES = [
     (2, 260, 7, 7, 17, 3, 1, 1, 1),       # K=2340 > 2048: two equal depth blocks, C re-read
     (2, 6, 19, 17, 10, 3, 1, 2, 1, 2),    # dilation 2: the padded copy, rows two apart
     (1, 3, 35, 33, 8, 5, 3, 4, 1, 2),     # dilation 2 on the phase-split input: every phase
+    (1, 3, 20, 176, 8, 11, 4, 2, 1),      # stride 4, wide rows: 64-column blocks inside and at both ends
+    (1, 2, 9, 133, 4, 3, 4, 0, 1),        # stride 4 unpadded: inside from column 0, a 2-lane last block
     (1, 96, 7, 9, 130, 5, 1, 2, 1),       # 63 columns, 2-4 panels: 2 threads split A's rows too,
                                           # into uneven groups, the last A panel partial, K in 2 blocks
 ]
