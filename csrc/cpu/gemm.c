@@ -231,7 +231,7 @@ int acn_gemm_range(const acn_gemm_plan *g, int j0, int j1)
 static int row_groups(const acn_gemm_plan *g, int chunks, int nt)
 {
     const int panels_a = (g->M + g->uk->MR - 1) / g->uk->MR;
-    if (chunks >= 4 * nt || (long long)g->M * g->K * g->N < (1LL << 24))
+    if (chunks >= 4 * nt || (double)g->M * g->K * g->N < 16777216.0)
         return 1;
     return min_int(panels_a, (4 * nt + chunks - 1) / chunks);
 }
@@ -268,7 +268,8 @@ int acn_gemm_parallel(const acn_gemm_plan *g, int nt)
                 break;
             const int cc = c / groups, rg = c % groups;
             const int j0 = cc * chunk * NR, j1 = min_int((cc + 1) * chunk * NR, g->N);
-            const int ir0 = panels_a * rg / groups, ir1 = panels_a * (rg + 1) / groups;
+            const int ir0 = (int)((long long)panels_a * rg / groups);
+            const int ir1 = (int)((long long)panels_a * (rg + 1) / groups);
             int st = gemm_block(g, j0, j1, ir0, ir1);
             if (st != ACN_OK) {
 #pragma omp atomic write
