@@ -424,6 +424,17 @@ def test_every_gemm_tile(tile, precision):
     assert res.returncode == 0 and "tile ok" in res.stdout, res.stdout + res.stderr
 
 
+def test_gemm_tile_choice_skips_a_grid_too_tall():
+    """2**21 + 1 outputs need 65537 rows of 32-row tiles, past grid.y's 65535, while the
+    128-row tile needs 16385: the cost model preferred the small tile at 17 rows and
+    refused the call; it now takes a tile whose grid fits."""
+    o = 2**21 + 1
+    x = (np.arange(17, dtype=np.float32) / 7)[:, None]
+    w = (np.arange(o, dtype=np.float32) % 13)[:, None]   # exact products: bits, not a tolerance
+    y = ac.linear(x, w, device="cuda")
+    assert np.array_equal(y, x @ w.T)
+
+
 # ---- precision="tf32": the tensor-core GEMMs ---------------------------------
 
 @pytest.mark.parametrize("name,xs,ws,stride,padding,groups,bias", CONV_CASES,

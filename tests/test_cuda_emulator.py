@@ -14,8 +14,9 @@
   out of memory for fiber stacks or a __shared__ array; bad settings; code that setup.py
   or the headers cannot turn into emulated code. A check that never fires would make
   tests/test_cuda.py's passes under the emulator worthless.
-- precision="tf32" on a GPU without TF32 tensor cores (ALEXNET_C_EMU_CC below 80) is a
-  RuntimeError that names the compute capability, and nothing else changes.
+- precision="tf32" on a GPU without TF32 tensor cores (ALEXNET_C_EMU_CC below 80), or
+  where the build's code for the GPU is an older arch's PTX (ALEXNET_C_EMU_PTX below 80),
+  is a RuntimeError that names the compute capability, and nothing else changes.
 - A kernel fault (sticky, as on a GPU) is a RuntimeError with the runtime's text for
   every later CUDA call, while the CPU path goes on; device memory running out is a
   MemoryError and the model works again afterwards. On a real GPU neither can be
@@ -128,7 +129,7 @@ _CUDA_TEXT = {
 _MISUSES = {
     "InvalidValue": [
         "device_count_null", "get_device_null", "attribute_null", "attribute_unknown", "mem_get_info_null",
-        "occupancy_null", "occupancy_block_0", "occupancy_block_1025", "occupancy_smem_over_48k",
+        "occupancy_null", "func_attributes_null", "occupancy_block_0", "occupancy_block_1025", "occupancy_smem_over_48k",
         "malloc_null", "free_twice", "free_inside", "memcpy_to_freed", "memcpy_h2d_to_host",
         "memcpy_h2d_from_device", "memcpy_d2h_from_host", "memcpy_d2h_to_device", "memcpy_d2d_from_host",
         "memcpy_d2d_to_host", "memcpy_h2h_from_device", "memcpy_h2h_to_device", "memcpy_past_the_end",
@@ -155,7 +156,7 @@ _MISUSES = {
     "StreamCaptureWrongThread": ["end_capture_wrong_thread"],
 }
 # Their correct twins, which must succeed.
-_MISUSE_TWINS = ["occupancy_ok", "memcpy_ok", "end_capture_relaxed_elsewhere_ok", "malloc_in_relaxed_capture_ok",
+_MISUSE_TWINS = ["occupancy_ok", "func_attributes_ok", "memcpy_ok", "end_capture_relaxed_elsewhere_ok", "malloc_in_relaxed_capture_ok",
                  "malloc_beside_thread_local_capture_ok", "malloc_after_a_capturing_thread_exited_ok", "elapsed_ok",
                  "launch_at_limits_ok"]
 
@@ -254,12 +255,14 @@ def test_overrun_is_reported_by_asan(name):
 
 
 def test_bad_emulator_settings_are_named_and_replaced():
-    env = child_env(ALEXNET_C_EMU_MEMORY_MB="lots", ALEXNET_C_EMU_CC="49", ALEXNET_C_EMU_SCHEDULE="backwards")
+    env = child_env(ALEXNET_C_EMU_MEMORY_MB="lots", ALEXNET_C_EMU_CC="49", ALEXNET_C_EMU_SCHEDULE="backwards",
+                    ALEXNET_C_EMU_PTX="95")
     res = run_python(["-c", "from alexnet_c import _C; print(_C._emu_selftest('warp', 32)[0])"], env=env)
     assert res.returncode == 0 and res.stdout == "496.0\n", res.stdout + res.stderr
     for text in ("ALEXNET_C_EMU_MEMORY_MB=lots is not an integer in [1, 16777216]; using 16384",
                  "ALEXNET_C_EMU_CC=49 is not an integer in [50, 129]; using 90",
-                 "ALEXNET_C_EMU_SCHEDULE=backwards is not forward or reverse; using forward"):
+                 "ALEXNET_C_EMU_SCHEDULE=backwards is not forward or reverse; using forward",
+                 "ALEXNET_C_EMU_PTX=95 is not an integer in [50, 90]; using 90"):
         assert f"alexnet_c CUDA emulator: {text}\n" in res.stderr, res.stderr
 
 
@@ -314,11 +317,13 @@ def test_code_the_emulator_cannot_run_does_not_compile(language, source, why):
     assert res.returncode != 0 and any(text in res.stderr for text in why.split("|")), res.stderr
 
 
-_OLD_GPU_CHILD = """
+# argv[1]: the refusal's text, a regular expression
+_TF32_REFUSED_CHILD = """
+import sys
 import numpy as np, pytest
 import alexnet_c as ac
 x, w = np.ones((1, 4, 5, 5), np.float32), np.ones((2, 4, 3, 3), np.float32)
-msg = "precision='tf32' needs TF32 tensor cores .compute capability 8.0 or newer.*this GPU is 7.5"
+msg = sys.argv[1]
 with pytest.raises(RuntimeError, match=msg):
     ac.conv2d(x, w, device="cuda", precision="tf32")
 with pytest.raises(RuntimeError, match=msg):
@@ -339,8 +344,27 @@ print("refused")
 
 
 def test_tf32_needs_compute_capability_8():
-    res = run_python(["-c", _OLD_GPU_CHILD], env=child_env(ALEXNET_C_EMU_CC="75"))
+    msg = "precision='tf32' needs TF32 tensor cores .compute capability 8.0 or newer.*this GPU is 7.5"
+    res = run_python(["-c", _TF32_REFUSED_CHILD, msg], env=child_env(ALEXNET_C_EMU_CC="75"))
     assert res.returncode == 0 and "refused" in res.stdout, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("ptx,refused", [("75", True), ("80", False)])
+def test_tf32_needs_code_built_for_compute_capability_8(ptx, refused):
+    """A build whose code for the GPU is an older arch's PTX (ALEXNET_C_CUDA_ARCHS=75 on
+    an H200: the driver JIT-compiles compute_75) has TF32 kernels without a body; it is
+    refused from cudaFuncGetAttributes' ptxVersion, not run into an unwritten output.
+    compute_80 code on the same GPU is fine."""
+    msg = ("precision='tf32' needs device code built for compute capability 8.0 or newer; this build runs "
+           "compute_75 code on this GPU .9.0.: rebuild with ALEXNET_C_CUDA_ARCHS including 90")
+    code = _TF32_REFUSED_CHILD if refused else (
+        "import numpy as np, alexnet_c as ac\n"
+        "x, w = np.ones((1, 4, 5, 5), np.float32), np.ones((2, 4, 3, 3), np.float32)\n"
+        "assert np.allclose(ac.conv2d(x, w, device='cuda', precision='tf32'), ac.conv2d(x, w), rtol=5e-3)\n"
+        "print('accepted')\n")
+    res = run_python(["-c", code, msg], env=child_env(ALEXNET_C_EMU_CC="90", ALEXNET_C_EMU_PTX=ptx))
+    want = "refused" if refused else "accepted"
+    assert res.returncode == 0 and want in res.stdout, res.stdout + res.stderr
 
 
 def test_unknown_selftest_is_a_value_error():

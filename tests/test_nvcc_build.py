@@ -64,7 +64,7 @@ def _by_arch(report, arch):
 # (an #if gone wrong) or a new one that nobody looked at fails here.
 EXPECTED_KERNELS = {"relu_kernel", "softmax_rows_kernel", "softmax_cols_kernel", "max_pool2d_kernel",
                     "adaptive_avg_pool2d_kernel", "linear_rows_kernel", "gemm_tile_kernel",
-                    "gemm_tile_kernel_2blocks", "gemm_tf32_kernel"}
+                    "gemm_tile_kernel_2blocks", "gemm_tf32_kernel", "arch_probe_kernel"}
 
 
 def _stem(kernel):
@@ -137,8 +137,8 @@ def test_tensor_cores_only_in_the_tf32_gemm(report, arch):
     tf32 = {k.name for k in kernels if _stem(k) == "gemm_tf32_kernel"}
     assert len(tf32) == 9   # three tiles, times the three ways of reading B (conv, dilated conv, linear)
     if int(arch) < 80:
-        # No TF32 tensor cores: the kernel is an empty body that the host never
-        # launches (the runtime refuses below compute capability 8.0 first).
+        # No TF32 tensor cores: the kernel is a bare trap that the host never launches
+        # (check_tf32 refuses a GPU below 8.0, and this code JIT-compiled for a newer one).
         assert with_mma == set() and with_tf32 == set()
         return
     assert with_mma == tf32

@@ -382,8 +382,11 @@ gemm_tf32_kernel(const GemmArgs a) {
         }
     }
 #else
-    /* Not reached: gemm_tiled refuses TF32 on a GPU below sm_80. */
+    /* Not reached: check_tf32 refuses TF32 where this code is what the GPU runs (below
+     * compute capability 8.0, or an older arch's PTX JIT-compiled for a newer GPU).
+     * Should it ever run, a fault, not an output left unwritten. */
     (void)a;
+    __trap();
 #endif
 }
 
@@ -424,9 +427,15 @@ struct GemmTile {
         return waves * BM * BN / speed;
     }
 
+    /* grid.y and grid.z stop at 65535: a smaller tile may need too many rows of blocks
+     * where a larger one does not. */
+    static bool fits(const GemmArgs &a, int groups) {
+        return ceil_div(a.OCg, BM) <= 65535 && groups <= 65535;
+    }
+
     static acn_status launch(const GemmArgs &a, int groups, cudaStream_t stream, const char *name) {
         const dim3 grid(ceil_div(a.P, BN), ceil_div(a.OCg, BM), groups);
-        if (grid.y > 65535u || grid.z > 65535u)
+        if (!fits(a, groups))
             return cuda_fail_msg(ACN_EINVAL, "%s: %d output channels in %d groups exceed the grid",
                                  name, a.OCg, groups);
         KERNEL<<<grid, threads, 0, stream>>>(a);
@@ -468,9 +477,10 @@ acn_status launch_cheapest(const GemmArgs &a, int groups, cudaStream_t stream, c
     default: break;
     }
     const int sms = sm_count();
-    const double c_large = Large::cost(a, groups, sms, 1.0);
-    const double c_medium = Medium::cost(a, groups, sms, 0.85);
-    const double c_small = Small::cost(a, groups, sms, 0.5);
+    const double never = HUGE_VAL;   /* a tile whose grid does not fit */
+    const double c_large = Large::fits(a, groups) ? Large::cost(a, groups, sms, 1.0) : never;
+    const double c_medium = Medium::fits(a, groups) ? Medium::cost(a, groups, sms, 0.85) : never;
+    const double c_small = Small::fits(a, groups) ? Small::cost(a, groups, sms, 0.5) : never;
     if (c_large <= c_medium && c_large <= c_small) return Large::launch(a, groups, stream, name);
     if (c_medium <= c_small) return Medium::launch(a, groups, stream, name);
     return Small::launch(a, groups, stream, name);

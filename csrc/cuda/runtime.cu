@@ -83,6 +83,31 @@ int cached_attribute(int fallback) {
     return n;
 }
 
+/* Built with the same -gencode list as every kernel (setup.py compiles each .cu
+ * alike), so the code the driver loads for it is the code it loads for the TF32
+ * GEMMs. Never launched. */
+__global__ void __launch_bounds__(32) arch_probe_kernel(void) {
+}
+
+/* The compute_XY of the device code loaded for this GPU (cudaFuncAttributes::ptxVersion,
+ * the way CUB's PtxVersion reads it), cached per device; 0 when the query fails (err). */
+int loaded_code_arch(cudaError_t *err) {
+    static std::atomic<int> cached[64];
+    int dev = 0;
+    *err = cudaGetDevice(&dev);
+    if (*err != cudaSuccess) return 0;
+    const bool slot = dev >= 0 && dev < 64;
+    if (slot) {
+        const int v = cached[dev].load(std::memory_order_relaxed);
+        if (v > 0) return v;
+    }
+    cudaFuncAttributes attr;
+    *err = cudaFuncGetAttributes(&attr, arch_probe_kernel);
+    if (*err != cudaSuccess || attr.ptxVersion < 1) return 0;
+    if (slot) cached[dev].store(attr.ptxVersion, std::memory_order_relaxed);
+    return attr.ptxVersion;
+}
+
 }  // namespace
 
 int sm_count(void) {
@@ -91,20 +116,32 @@ int sm_count(void) {
 
 acn_status check_tf32(const char *what) {
     int major = cached_attribute<cudaDevAttrComputeCapabilityMajor>(0);
-    if (major >= 8) return ACN_OK;
     if (major < 1) {   /* the query failed: ask again for its error */
         int dev = 0;
         cudaError_t err = cudaGetDevice(&dev);
         if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
         if (err != cudaSuccess) return cuda_fail(err, what);
-        if (major >= 8) return ACN_OK;
     }
     const int minor = cached_attribute<cudaDevAttrComputeCapabilityMinor>(0);
-    /* No `what` in the text: the Python error already starts with the op's name. */
-    return cuda_fail_msg(ACN_EUNSUPPORTED,
-                         "precision='tf32' needs TF32 tensor cores (compute capability 8.0 "
-                         "or newer, Ampere and later); this GPU is %d.%d",
-                         major, minor);
+    /* No `what` in the texts: the Python error already starts with the op's name. */
+    if (major < 8)
+        return cuda_fail_msg(ACN_EUNSUPPORTED,
+                             "precision='tf32' needs TF32 tensor cores (compute capability 8.0 "
+                             "or newer, Ampere and later); this GPU is %d.%d",
+                             major, minor);
+    /* A build whose newest code for this GPU is an older arch's PTX (say
+     * ALEXNET_C_CUDA_ARCHS=75 on an H200) has TF32 kernels without a body there: the
+     * driver would run them and leave the output unwritten. */
+    cudaError_t err = cudaSuccess;
+    const int arch = loaded_code_arch(&err);
+    if (arch < 1) return cuda_fail(err != cudaSuccess ? err : cudaErrorUnknown, what);
+    if (arch < 80)
+        return cuda_fail_msg(ACN_EUNSUPPORTED,
+                             "precision='tf32' needs device code built for compute capability 8.0 "
+                             "or newer; this build runs compute_%d code on this GPU (%d.%d): "
+                             "rebuild with ALEXNET_C_CUDA_ARCHS including %d%d",
+                             arch, major, minor, major, minor);
+    return ACN_OK;
 }
 
 DeviceBuffers::~DeviceBuffers() {

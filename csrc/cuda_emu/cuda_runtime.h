@@ -40,7 +40,10 @@
  * a grid; default: all cores), ALEXNET_C_EMU_SCHEDULE (forward | reverse),
  * ALEXNET_C_EMU_MEMORY_MB (device memory, default 16384), ALEXNET_C_EMU_SMS
  * (multiprocessors reported, default 132 as on an H100/H200), ALEXNET_C_EMU_CC (compute
- * capability reported, major * 10 + minor, default 90). CUDA_VISIBLE_DEVICES=""
+ * capability reported, major * 10 + minor, default 90), ALEXNET_C_EMU_PTX (the compute_XY
+ * the device code is reported to have been built for, cudaFuncAttributes::ptxVersion;
+ * default: the compute capability, as when the build has SASS for the GPU; below 80 on
+ * a capability 8+ device, the driver JIT-compiling an old arch's PTX). CUDA_VISIBLE_DEVICES=""
  * or "-1" hides the emulated device, as it hides a real one. The tensor-core API that
  * the TF32 GEMM uses is in mma.h beside this header.
  */
@@ -125,6 +128,13 @@ enum cudaDeviceAttr : int {
     cudaDevAttrComputeCapabilityMinor = 76,
 };
 
+/* The fields alexnet_c reads; the real struct has more. */
+struct cudaFuncAttributes {
+    int binaryVersion;   /* the SASS the driver runs, major * 10 + minor */
+    int ptxVersion;      /* the compute_XY it was built for (JIT-compiled from, or alongside) */
+    int maxThreadsPerBlock;
+};
+
 #define cudaStreamDefault 0x0u
 #define cudaStreamNonBlocking 0x1u
 
@@ -185,6 +195,7 @@ cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end);
 namespace acn_emu {
 
 cudaError_t occupancy(int *blocks, int block_threads, size_t dynamic_smem);
+cudaError_t func_attributes(cudaFuncAttributes *attr);
 
 /* ---- what a kernel sees -----------------------------------------------------
  * Every CUDA thread is a fiber with its own stack, mapped at a multiple of its size;
@@ -295,6 +306,12 @@ template <class F>
 inline cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int *blocks, F, int block_threads,
                                                                  size_t dynamic_smem) {
     return acn_emu::occupancy(blocks, block_threads, dynamic_smem);
+}
+
+/* Every kernel is in one module built for one arch, so the answer is the same for all. */
+template <class F>
+inline cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *attr, F) {
+    return acn_emu::func_attributes(attr);
 }
 
 /* ---- device built-ins --------------------------------------------------------- */

@@ -69,6 +69,7 @@ struct Settings {
     size_t memory;
     int sms;
     int cc;               /* compute capability, major * 10 + minor */
+    int ptx;              /* the arch the device code was built for (ptxVersion) */
     bool hidden;
 };
 
@@ -106,6 +107,7 @@ const Settings &settings(void) {
         r.memory = (size_t)env_long("ALEXNET_C_EMU_MEMORY_MB", 16384, 1, 1L << 24) << 20;
         r.sms = (int)env_long("ALEXNET_C_EMU_SMS", 132, 1, 100000);
         r.cc = (int)env_long("ALEXNET_C_EMU_CC", 90, 50, 129);
+        r.ptx = (int)env_long("ALEXNET_C_EMU_PTX", r.cc, 50, r.cc);   /* a GPU cannot load newer code */
         r.hidden = device_hidden();
         return r;
     }();
@@ -685,6 +687,15 @@ cudaError_t occupancy(int *blocks, int block_threads, size_t dynamic_smem) {
     /* 2048 resident threads and 32 blocks per SM, as on sm_80 / sm_90. */
     const int by_threads = 2048 / block_threads;
     *blocks = by_threads < 32 ? by_threads : 32;
+    return cudaSuccess;
+}
+
+cudaError_t func_attributes(cudaFuncAttributes *attr) {
+    EMU_ENTER();
+    if (!attr) return fail(cudaErrorInvalidValue);
+    attr->binaryVersion = settings().cc;
+    attr->ptxVersion = settings().ptx;
+    attr->maxThreadsPerBlock = 1024;
     return cudaSuccess;
 }
 

@@ -292,6 +292,14 @@ const Misuse kMisuses[] = {
     {"occupancy_block_0", [](Fixture &) { int b; return cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, copy_kernel, 0, 0); }},
     {"occupancy_block_1025", [](Fixture &) { int b; return cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, copy_kernel, 1025, 0); }},
     {"occupancy_smem_over_48k", [](Fixture &) { int b; return cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, copy_kernel, 256, 48 * 1024 + 1); }},
+    {"func_attributes_null", [](Fixture &) { return cudaFuncGetAttributes(nullptr, copy_kernel); }},
+    {"func_attributes_ok", [](Fixture &f) {
+         cudaFuncAttributes a{};
+         const cudaError_t err = cudaFuncGetAttributes(&a, copy_kernel);
+         if (err == cudaSuccess && (a.ptxVersion < 50 || a.ptxVersion > a.binaryVersion))
+             f.broken = "a ptxVersion outside [50, binaryVersion]";
+         return err;
+     }},
     {"occupancy_ok", [](Fixture &f) {
          int b = 0;
          const cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&b, copy_kernel, 1024, 48 * 1024);
