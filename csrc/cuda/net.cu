@@ -284,7 +284,9 @@ void capture_graph(acn_cuda_net *net, const Workspace &ws, int N, int H, int W) 
     const cudaError_t end = cudaStreamEndCapture(net->stream, &graph);
     cudaGraphExec_t exec = nullptr;
     if (st == ACN_OK && end == cudaSuccess && graph &&
-        cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess) {
+        /* The WithFlags form: cudaGraphInstantiate's arguments differ between CUDA 11
+         * and 12, this one is the same from 11.4 on. */
+        cudaGraphInstantiateWithFlags(&exec, graph, 0) == cudaSuccess) {
         net->graph = exec;
         ++net->captures;
     } else {
