@@ -9,7 +9,8 @@ enum { MR = 6, NR = 16 };
 
 /* A_PREFETCH_K: k steps ahead that the packed A panel is prefetched into L1 (1.5 KB):
  * A streams from L3 past each B micro-panel (see gemm_avx512.c); forced onto this
- * path, the batch-1 conv2-5 measured 10-15% faster with it on an Intel Xeon VM. */
+ * path on one thread of an Intel Xeon VM, batch-1 conv3-5 measured 15-18% faster with
+ * it, conv2 6%. */
 enum { A_PREFETCH_K = 64 };
 
 __attribute__((target("avx2,fma")))

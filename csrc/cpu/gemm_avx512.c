@@ -13,8 +13,8 @@ enum { MR8 = 8, NR48 = 48 };
 /* A_PREFETCH_K: how many k steps ahead the packed A panel is prefetched into L1.
  * A GEMM streams all of A (2.6-3.5 MB for conv3-5) past each B micro-panel, more
  * than a core's L2, so A comes from L3; the hardware prefetcher alone left the
- * batch-1 conv3-5 ~10% slower on one thread of an Intel Xeon VM (2 KB ahead
- * measured better than 0.5 and 1 KB; prefetching B as well, no better). */
+ * batch-1 conv3-5 ~14% slower on one thread of an Intel Xeon VM (2 KB ahead
+ * measured at least as fast as 0.5 and 1 KB; prefetching B as well, no faster). */
 enum { A_PREFETCH_K = 64 };
 
 __attribute__((target("avx512f,fma")))
