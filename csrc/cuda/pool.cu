@@ -93,8 +93,11 @@ unsigned grid_for(size_t total) {
 acn_status max_pool2d_forward_cuda(float *out, int64_t *indices, const float *inp, int NC,
                                    int H, int W, int KH, int KW, int SH, int SW, int PH,
                                    int PW, int DH, int DW, int OH, int OW, cudaStream_t stream) {
-    /* The window's ends, (OH-1)*SH - PH + (KH-1)*DH + 1, are computed in int. */
+    /* The window's ends, (OH-1)*SH - PH + (KH-1)*DH + 1, are computed in int; a padding
+     * above half the kernel (torch's rule, checked by module.c too) would let a window lie
+     * wholly in the padding, and the kernel's walk to its first row take PH steps. */
     if (NC < 0 || H < 1 || W < 1 || KH < 1 || KW < 1 || SH < 1 || SW < 1 || PH < 0 || PW < 0 ||
+        PH > KH / 2 || PW > KW / 2 ||
         DH < 1 || DW < 1 || OH < 0 || OW < 0 || (long long)H * W > INT_MAX ||
         (long long)(OH - 1) * SH + (long long)KH * DH > INT_MAX ||
         (long long)(OW - 1) * SW + (long long)KW * DW > INT_MAX)
